@@ -1,0 +1,172 @@
+//! Validation of untrusted request input: query parameters, usernames, text bodies.
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::{HeaderMap, header, request::Parts};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::error::{AppError, Result};
+
+/// The decoded query string, kept as pairs so repeated parameters can be refused.
+#[derive(Debug, Default)]
+pub struct Query(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Query {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
+        let raw = parts.uri.query().unwrap_or("");
+        Ok(Query(
+            form_urlencoded::parse(raw.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        ))
+    }
+}
+
+impl Query {
+    /// The value of `name`, `None` when absent; 400 when given more than once.
+    pub fn single(&self, name: &str) -> Result<Option<&str>> {
+        let mut values = self
+            .0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(AppError::BadRequest(format!(
+                "query parameter '{name}' must be given only once"
+            )));
+        }
+        Ok(first)
+    }
+
+    /// The value of `name`; 400 when absent, empty or repeated.
+    pub fn required(&self, name: &str) -> Result<&str> {
+        match self.single(name)? {
+            None => Err(AppError::BadRequest(format!(
+                "missing query parameter '{name}'"
+            ))),
+            Some("") => Err(AppError::BadRequest(format!(
+                "query parameter '{name}' must not be empty"
+            ))),
+            Some(v) => Ok(v),
+        }
+    }
+
+    /// The `username` parameter, validated.
+    pub fn username(&self) -> Result<Username> {
+        Username::parse(self.required("username")?).map_err(AppError::BadRequest)
+    }
+}
+
+/// A user name: 1–128 characters of ASCII letters, digits, `-`, `_`, `.` and `@`.
+/// The same rule holds for HTTP and Kafka, so a name can never carry a line break or `:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    /// Longest accepted name.
+    pub const MAX_LEN: usize = 128;
+
+    /// Validates a name; the error message is fit for a client.
+    pub fn parse(name: &str) -> std::result::Result<Self, String> {
+        if name.is_empty() || name.len() > Self::MAX_LEN {
+            return Err(format!(
+                "username must be 1-{} characters long",
+                Self::MAX_LEN
+            ));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+        {
+            return Err(
+                "username may contain only letters, digits, '-', '_', '.' and '@'".to_owned(),
+            );
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Reads a non-empty UTF-8 text body of at most `limit` bytes. A body announced larger than
+/// the limit is refused before it is read; one that turns out larger stops being read at the
+/// limit. Either way 413.
+pub async fn text_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<String> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit) {
+        return Err(AppError::PayloadTooLarge { limit });
+    }
+    let bytes = Limited::new(body, limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                AppError::PayloadTooLarge { limit }
+            } else {
+                AppError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Err(AppError::BadRequest(
+            "request body must not be empty".to_owned(),
+        ));
+    }
+    String::from_utf8(bytes.into()).map_err(|e| {
+        AppError::BadRequest(format!(
+            "request body must be UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for ok in [
+            "demo",
+            "a",
+            "john.doe@example.com",
+            "A-Z_0.9",
+            &"x".repeat(128),
+        ] {
+            assert!(Username::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a\nb",
+            "a:b",
+            "a/b",
+            "ü",
+            "a%0Ab",
+            &"x".repeat(129),
+        ] {
+            assert!(Username::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        let q = Query(vec![
+            ("username".into(), "a".into()),
+            ("username".into(), "b".into()),
+        ]);
+        assert!(q.single("username").is_err());
+        assert!(q.single("event").unwrap().is_none());
+        let q = Query(vec![("username".into(), String::new())]);
+        assert!(q.required("username").is_err());
+    }
+}

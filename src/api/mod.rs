@@ -1,0 +1,88 @@
+//! HTTP routes: one module per API version, each with `router()`, nested at the root.
+
+pub mod error;
+pub mod input;
+pub mod ops;
+pub mod push;
+pub mod v1;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::Config;
+use crate::hub::{Channel, Hub};
+use crate::metrics::Metrics;
+use error::AppError;
+
+/// Everything a handler may use. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The connection registry.
+    pub hub: Hub,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
+    /// Server settings.
+    pub config: Arc<Config>,
+    /// Cancelled when the server shuts down; long-lived responses end on it.
+    pub shutdown: CancellationToken,
+}
+
+/// Closes the TCP connection a request arrived on; inserted by the server's accept loop so the
+/// Hub can really let go of a client that stopped reading.
+#[derive(Clone)]
+pub struct ConnectionKill(pub CancellationToken);
+
+/// The whole application: every route, CORS, JSON 404/405, the rejection counter.
+pub fn app(state: AppState) -> Router {
+    let cors = cors(&state.config.cors_origin);
+    Router::new()
+        .nest("/v1", v1::router())
+        .nest("/v2", push::router(Channel::V2))
+        .nest("/v3", push::router(Channel::V3))
+        .merge(ops::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_rejections,
+        ))
+        .layer(cors)
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such route".to_owned())
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}
+
+async fn count_rejections(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    if response.status().is_client_error() {
+        state.metrics.rejected(response.status().as_u16());
+    }
+    response
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+}

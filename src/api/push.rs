@@ -1,0 +1,118 @@
+//! Per-user push routes shared by `/v2` and `/v3` (without Kafka): `GET /sse?username=`,
+//! `POST /message?username=[&event=]`, `POST /broadcast[?event=]`.
+
+use axum::body::Body;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::error::{AppError, Result};
+use super::input::{Query, text_body};
+use super::{AppState, ConnectionKill};
+use crate::hub::Channel;
+use crate::sse::EventName;
+
+/// Routes of a push channel.
+pub fn router(channel: Channel) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/sse",
+            get(move |state, query, headers, kill| subscribe(state, query, headers, kill, channel)),
+        )
+        .route(
+            "/message",
+            post(move |state, query, headers, body| message(state, query, headers, body, channel)),
+        )
+        .route(
+            "/broadcast",
+            post(move |state, query, headers, body| {
+                broadcast(state, query, headers, body, channel)
+            }),
+        )
+}
+
+/// A `200 text/event-stream` response around `body`, uncompressed and unbuffered.
+pub fn event_stream_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The id a client last saw: the `Last-Event-ID` header, else the `lastEventId` parameter (for
+/// clients that cannot set headers). A header that is not text can match nothing, so it is
+/// passed on as an unknown id (the stream then starts with `event: reset`).
+pub fn last_event_id<'a>(headers: &'a HeaderMap, query: &'a Query) -> Result<Option<&'a str>> {
+    match headers.get("last-event-id") {
+        Some(value) => Ok(Some(value.to_str().unwrap_or("\u{fffd}"))),
+        None => query.single("lastEventId"),
+    }
+}
+
+async fn subscribe(
+    State(state): State<AppState>,
+    query: Query,
+    headers: HeaderMap,
+    kill: Option<Extension<ConnectionKill>>,
+    channel: Channel,
+) -> Result<Response> {
+    let user = query.username()?;
+    let last = last_event_id(&headers, &query)?;
+    let kill = kill.map(|Extension(k)| k.0);
+    let subscription = state.hub.subscribe(channel, user.as_str(), last, kill);
+    tracing::debug!(
+        channel = channel.as_str(),
+        user = user.as_str(),
+        "stream opened"
+    );
+    Ok(event_stream_response(Body::new(subscription)))
+}
+
+fn event_name(query: &Query) -> Result<Option<EventName>> {
+    query
+        .single("event")?
+        .map(|name| EventName::parse(name).map_err(AppError::BadRequest))
+        .transpose()
+}
+
+async fn message(
+    State(state): State<AppState>,
+    query: Query,
+    headers: HeaderMap,
+    body: Body,
+    channel: Channel,
+) -> Result<Response> {
+    let user = query.username()?;
+    let event = event_name(&query)?;
+    let text = text_body(&headers, body, state.config.max_body_bytes).await?;
+    let published = state
+        .hub
+        .publish(channel, user.as_str(), event.as_ref(), &text);
+    let id = published.id.as_ref().map(|id| id.as_str());
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "delivered": published.delivered, "id": id })),
+    )
+        .into_response())
+}
+
+async fn broadcast(
+    State(state): State<AppState>,
+    query: Query,
+    headers: HeaderMap,
+    body: Body,
+    channel: Channel,
+) -> Result<Response> {
+    let event = event_name(&query)?;
+    let text = text_body(&headers, body, state.config.max_body_bytes).await?;
+    let delivered = state.hub.broadcast(channel, event.as_ref(), &text);
+    Ok((StatusCode::OK, Json(json!({ "delivered": delivered }))).into_response())
+}

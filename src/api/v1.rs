@@ -1,0 +1,78 @@
+//! `/v1/sse`: the original demo's stream: `data: hi!` at once and every `--v1-interval`, and a
+//! `: keep-alive-text` comment after every `--v1-keep-alive` without an event.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::stream;
+use tokio::time::{Instant, sleep_until};
+
+use super::AppState;
+use super::error::Result;
+use super::input::Query;
+use super::push::event_stream_response;
+use crate::hub::Channel;
+use crate::metrics::Metrics;
+use crate::sse;
+
+/// Routes under `/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/sse", get(stream_hi))
+}
+
+/// Counts the stream as open on `v1` while it lives.
+struct OpenGuard(Arc<Metrics>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.connection_closed(Channel::V1);
+    }
+}
+
+struct Timers {
+    next_hi: Instant,
+    next_keep_alive: Instant,
+    _open: OpenGuard,
+}
+
+async fn stream_hi(State(state): State<AppState>, query: Query) -> Result<Response> {
+    let user = query.username()?;
+    tracing::info!(user = user.as_str(), "v1 stream opened");
+    let (interval, keep_alive) = (state.config.v1_interval, state.config.v1_keep_alive);
+    state.metrics.connection_opened(Channel::V1);
+    let now = Instant::now();
+    let timers = Timers {
+        next_hi: now,
+        next_keep_alive: now + keep_alive,
+        _open: OpenGuard(state.metrics.clone()),
+    };
+    let shutdown = state.shutdown.clone();
+    let frames = stream::unfold(timers, move |mut t| {
+        let shutdown = shutdown.clone();
+        async move {
+            let hi = t.next_hi <= t.next_keep_alive;
+            let due = if hi { t.next_hi } else { t.next_keep_alive };
+            tokio::select! {
+                _ = shutdown.cancelled() => None,
+                _ = sleep_until(due) => {
+                    let frame = if hi {
+                        t.next_hi += interval;
+                        t.next_keep_alive = Instant::now() + keep_alive;
+                        sse::encode_event(None, None, "hi!")
+                    } else {
+                        t.next_keep_alive += keep_alive;
+                        Bytes::from_static(sse::KEEP_ALIVE)
+                    };
+                    Some((Ok::<_, Infallible>(frame), t))
+                }
+            }
+        }
+    });
+    Ok(event_stream_response(Body::from_stream(frames)))
+}

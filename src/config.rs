@@ -1,0 +1,140 @@
+//! One typed configuration, read from flags and environment variables (`--help` lists all).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Command line of the `server_sent_events` binary.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "server_sent_events",
+    version,
+    about = "Server-Sent Events push server"
+)]
+pub struct Cli {
+    /// What to do; without a subcommand the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server settings.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands besides serving.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+}
+
+/// Every setting of the server. Each flag can also be set by the environment variable shown in
+/// `--help`; durations accept `200ms`, `3s`, `1m`.
+#[derive(Parser, Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SSE_BIND", default_value = "127.0.0.1:3000")]
+    pub bind: SocketAddr,
+
+    /// Interval between `data: hi!` events on /v1/sse.
+    #[arg(long, env = "SSE_V1_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub v1_interval: Duration,
+
+    /// Idle time after which /v1/sse sends a `: keep-alive-text` comment.
+    #[arg(long, env = "SSE_V1_KEEP_ALIVE", default_value = "3s", value_parser = parse_duration)]
+    pub v1_keep_alive: Duration,
+
+    /// Idle time after which v2+ streams get a `: keep-alive-text` comment.
+    #[arg(long, env = "SSE_KEEP_ALIVE", default_value = "30s", value_parser = parse_duration)]
+    pub keep_alive: Duration,
+
+    /// Reconnection delay suggested to clients with `retry:` when a stream opens.
+    #[arg(long, env = "SSE_RETRY", default_value = "2s", value_parser = parse_duration)]
+    pub retry: Duration,
+
+    /// Frames a connection may have waiting; a connection whose queue is full is closed (the
+    /// client resumes with Last-Event-ID) so it never slows anyone else down.
+    #[arg(long, env = "SSE_QUEUE_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub queue_size: u32,
+
+    /// Messages kept per user and channel for replay to reconnecting clients.
+    #[arg(long, env = "SSE_HISTORY_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub history_size: u32,
+
+    /// Bytes all replay histories together may hold; the oldest entries go first beyond it.
+    #[arg(long, env = "SSE_HISTORY_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub history_max_bytes: usize,
+
+    /// How long a user's history is kept after their last connection closed and last message.
+    #[arg(long, env = "SSE_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Largest accepted request body; larger ones get 413 without being read.
+    #[arg(long, env = "SSE_MAX_BODY_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+
+    /// Origin allowed by CORS (repeatable, or comma-separated in the environment variable).
+    #[arg(
+        long,
+        env = "SSE_CORS_ORIGIN",
+        value_delimiter = ',',
+        default_value = "http://localhost:5173"
+    )]
+    pub cors_origin: Vec<String>,
+
+    /// How long shutdown waits for responses to finish before closing connections.
+    #[arg(long, env = "SSE_SHUTDOWN_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `server_sent_events=debug`.
+    #[arg(long, env = "SSE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// The default configuration with the given bind address, for tests and embedding.
+    pub fn for_tests(bind: SocketAddr) -> Self {
+        let mut config = Config::parse_from(["server_sent_events"]);
+        config.bind = bind;
+        config
+    }
+}
+
+/// Parses a positive duration such as `200ms`, `3s` or `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected e.g. 200ms, 3s, 1m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_durations() {
+        let c = Config::parse_from(["x"]);
+        assert_eq!(c.bind.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.v1_interval, Duration::from_secs(15));
+        assert_eq!(c.v1_keep_alive, Duration::from_secs(3));
+        assert_eq!(c.keep_alive, Duration::from_secs(30));
+        assert_eq!(c.max_body_bytes, 65536);
+        assert_eq!(c.cors_origin, vec!["http://localhost:5173"]);
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(Config::try_parse_from(["x", "--queue-size", "0"]).is_err());
+        let c = Config::parse_from([
+            "x",
+            "--cors-origin",
+            "http://a",
+            "--cors-origin",
+            "http://b",
+        ]);
+        assert_eq!(c.cors_origin, vec!["http://a", "http://b"]);
+    }
+}

@@ -1,0 +1,757 @@
+//! The Hub: THE registry of open SSE connections per (channel, user), their bounded queues and
+//! each user's replay history. Only this file touches the map.
+//!
+//! Policies, in one place:
+//! - **Many connections per user.** Every open stream of a user (tabs, devices) gets every message.
+//!   A [`Subscription`] unregisters exactly its own connection when it is dropped.
+//! - **A publish never waits for a connection.** Each connection has a queue of at most
+//!   `queue_size` frames. Pushing is a non-blocking append under a short lock; a connection whose
+//!   queue is full is closed at once (its TCP connection too, through its kill token), counted as
+//!   a slow consumer, and its queued frames are freed. The client resumes with `Last-Event-ID`.
+//! - **Encode once, share the bytes.** A message becomes one [`Bytes`] frame per user, cloned (a
+//!   reference count) into each of that user's queues and into the history.
+//! - **Replay.** Each (channel, user) keeps its last `history_size` frames while it has a
+//!   connection or was active within `history_ttl`; all histories together are held within
+//!   `history_max_bytes`. Ids are `"{boot}-{seq}"` with one sequence per process, so an id from
+//!   an earlier process run is never mistaken for one of ours.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hash};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::sse::{self, EventId, EventName};
+
+/// A family of routes with its own users: a v2 POST never reaches a v3 stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// `/v1`: the timer demo (counted in metrics only, not registered in the Hub).
+    V1,
+    /// `/v2`: per-user push over HTTP.
+    V2,
+    /// `/v3`: like v2, plus Kafka.
+    V3,
+    /// `/v4`: report status events.
+    V4,
+}
+
+impl Channel {
+    /// Number of channels.
+    pub const COUNT: usize = 4;
+    /// Every channel, in order.
+    pub const ALL: [Channel; Self::COUNT] = [Channel::V1, Channel::V2, Channel::V3, Channel::V4];
+
+    /// Position in per-channel arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The channel's name as used in routes and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::V1 => "v1",
+            Channel::V2 => "v2",
+            Channel::V3 => "v3",
+            Channel::V4 => "v4",
+        }
+    }
+}
+
+/// Limits of the Hub, from the server configuration.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Frames a connection may have waiting before it is closed as a slow consumer.
+    pub queue_size: usize,
+    /// Messages kept per (channel, user) for replay.
+    pub history_size: usize,
+    /// Bytes all histories together may hold.
+    pub history_max_bytes: usize,
+    /// How long a user's history outlives their last connection and last message.
+    pub history_ttl: Duration,
+    /// `retry:` hint sent when a stream opens.
+    pub retry: Duration,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Connections the message was queued to.
+    pub delivered: usize,
+    /// The message's event id; `None` when nobody was connected and nothing was kept for replay.
+    pub id: Option<EventId>,
+}
+
+/// Cheap to clone handle to the shared registry.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// Memory accounted per history entry on top of its frame bytes.
+const ENTRY_OVERHEAD: usize = 64;
+const SHARDS: usize = 16;
+
+struct Inner {
+    /// The registry, split in shards by key hash so unrelated users rarely contend. A std
+    /// `Mutex` because every critical section is short and synchronous: no `.await` while held.
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Distinguishes this process's ids from an earlier run's (start time in milliseconds).
+    boot: u64,
+    /// Last assigned sequence number; one sequence for all users so `(boot, seq)` is unique.
+    seq: AtomicU64,
+    /// Bytes accounted to all histories (frames plus [`ENTRY_OVERHEAD`] each).
+    history_bytes: AtomicUsize,
+    /// Set once by [`Hub::close_all`]; new subscriptions end at once afterwards.
+    closed: AtomicBool,
+    cfg: HubConfig,
+    metrics: Arc<Metrics>,
+}
+
+type Key = (Channel, Box<str>);
+
+#[derive(Default)]
+struct Shard {
+    topics: HashMap<Key, Topic>,
+}
+
+struct Topic {
+    conns: Vec<Arc<Conn>>,
+    history: VecDeque<Entry>,
+    /// Every message of this topic with a sequence number above `floor` is in `history`.
+    floor: u64,
+    last_active: Instant,
+}
+
+struct Entry {
+    seq: u64,
+    frame: Bytes,
+}
+
+/// One open SSE response.
+struct Conn {
+    channel: Channel,
+    /// A std `Mutex`: pushed to by publishers (sync), popped by the response body (sync poll).
+    state: Mutex<ConnState>,
+    /// Closes the whole TCP connection, so a client that stopped reading is really let go.
+    kill: Option<CancellationToken>,
+}
+
+struct ConnState {
+    items: VecDeque<Bytes>,
+    waker: Option<Waker>,
+    closed: bool,
+    /// Whether anything was queued since the last keep-alive tick.
+    active: bool,
+}
+
+enum Push {
+    Queued,
+    Overflow,
+    Closed,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code path panics while holding these locks; recover the data if one ever did.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Conn {
+    fn push(&self, frame: Bytes, cap: usize, activity: bool) -> Push {
+        let waker = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Push::Closed;
+            }
+            if st.items.len() >= cap {
+                st.closed = true;
+                st.items = VecDeque::new();
+                let waker = st.waker.take();
+                drop(st);
+                if let Some(kill) = &self.kill {
+                    kill.cancel();
+                }
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                return Push::Overflow;
+            }
+            st.items.push_back(frame);
+            st.active |= activity;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Push::Queued
+    }
+
+    fn close(&self) {
+        let waker = {
+            let mut st = lock(&self.state);
+            st.closed = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Hub {
+    /// A new, empty Hub.
+    pub fn new(cfg: HubConfig, metrics: Arc<Metrics>) -> Self {
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        Self {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                hasher: Default::default(),
+                boot,
+                seq: AtomicU64::new(0),
+                history_bytes: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
+                cfg,
+                metrics,
+            }),
+        }
+    }
+
+    /// The metrics this Hub updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    fn shard_of(&self, channel: Channel, user: &str) -> usize {
+        (self.inner.hasher.hash_one((channel, user)) as usize) % SHARDS
+    }
+
+    /// Opens a stream for `user` on `channel`.
+    ///
+    /// The stream starts with a `retry:` hint and a comment; with a `last_event_id` it then
+    /// replays, in order, the messages published after that id, or sends `event: reset` when
+    /// they are not all in the history any more. Registration and replay happen under one lock,
+    /// so nothing is lost or sent twice between replay and live delivery.
+    pub fn subscribe(
+        &self,
+        channel: Channel,
+        user: &str,
+        last_event_id: Option<&str>,
+        kill: Option<CancellationToken>,
+    ) -> Subscription {
+        let inner = &self.inner;
+        let mut first = BytesMut::from(&sse::preamble(inner.cfg.retry.as_millis() as u64)[..]);
+        let conn = Arc::new(Conn {
+            channel,
+            state: Mutex::new(ConnState {
+                items: VecDeque::new(),
+                waker: None,
+                closed: false,
+                active: true,
+            }),
+            kill,
+        });
+        let shard = self.shard_of(channel, user);
+        {
+            let mut guard = lock(&inner.shards[shard]);
+            let now = Instant::now();
+            let current = inner.seq.load(Ordering::Relaxed);
+            let topic = guard
+                .topics
+                .entry((channel, user.into()))
+                .or_insert_with(|| Topic {
+                    conns: Vec::new(),
+                    history: VecDeque::new(),
+                    floor: current,
+                    last_active: now,
+                });
+            topic.last_active = now;
+            if let Some(last) = last_event_id.filter(|s| !s.is_empty()) {
+                match topic.missed_since(last, inner.boot, current) {
+                    Some(missed) => {
+                        if !missed.is_empty() {
+                            inner.metrics.replays.add(channel, 1);
+                            inner
+                                .metrics
+                                .replayed_messages
+                                .add(channel, missed.len() as u64);
+                        }
+                        for frame in missed {
+                            first.put_slice(&frame);
+                        }
+                    }
+                    None => {
+                        inner.metrics.resets.add(channel, 1);
+                        let id = EventId::pair(inner.boot, current);
+                        let reset = EventName::parse(sse::RESET_EVENT).ok();
+                        first.put_slice(&sse::encode_event(
+                            Some(&id),
+                            reset.as_ref(),
+                            r#"{"reason":"the messages since Last-Event-ID are no longer available; resync"}"#,
+                        ));
+                    }
+                }
+            }
+            {
+                let mut st = lock(&conn.state);
+                st.items.push_back(first.freeze());
+                st.closed = inner.closed.load(Ordering::Acquire);
+            }
+            topic.conns.push(conn.clone());
+        }
+        inner.metrics.connection_opened(channel);
+        Subscription {
+            hub: self.inner.clone(),
+            conn,
+            user: user.into(),
+            shard,
+        }
+    }
+
+    /// Sends a message to every open stream of `user` on `channel` and keeps it for replay.
+    /// Never waits for a connection: full queues are closed instead (see the module docs).
+    pub fn publish(
+        &self,
+        channel: Channel,
+        user: &str,
+        event: Option<&EventName>,
+        data: &str,
+    ) -> Published {
+        self.inner.metrics.published.add(channel, 1);
+        let body = sse::encode_event(None, event, data);
+        let shard = self.shard_of(channel, user);
+        let mut guard = lock(&self.inner.shards[shard]);
+        match guard.topics.get_mut(&(channel, Box::<str>::from(user))) {
+            Some(topic) => self.inner.deliver(topic, channel, &body),
+            None => Published {
+                delivered: 0,
+                id: None,
+            },
+        }
+    }
+
+    /// Sends a message to every user of `channel` that has a stream open or a live history.
+    /// Returns the number of connections reached.
+    pub fn broadcast(&self, channel: Channel, event: Option<&EventName>, data: &str) -> usize {
+        self.inner.metrics.published.add(channel, 1);
+        let body = sse::encode_event(None, event, data);
+        let mut delivered = 0;
+        for shard in self.inner.shards.iter() {
+            let mut guard = lock(shard);
+            for ((ch, _), topic) in guard.topics.iter_mut() {
+                if *ch == channel {
+                    delivered += self.inner.deliver(topic, channel, &body).delivered;
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Queues a keep-alive comment to every connection that was sent nothing since the last
+    /// call. Called periodically by [`Hub::run_maintenance`].
+    pub fn keep_alive_tick(&self) {
+        let keep_alive = Bytes::from_static(sse::KEEP_ALIVE);
+        let cap = self.inner.cfg.queue_size;
+        for shard in self.inner.shards.iter() {
+            let mut guard = lock(shard);
+            for topic in guard.topics.values_mut() {
+                let metrics = &self.inner.metrics;
+                topic.conns.retain(|conn| {
+                    let idle = {
+                        let mut st = lock(&conn.state);
+                        if st.closed {
+                            return false;
+                        }
+                        !std::mem::replace(&mut st.active, false)
+                    };
+                    if !idle {
+                        return true;
+                    }
+                    // A keep-alive is not activity: the next tick sends another one.
+                    match conn.push(keep_alive.clone(), cap, false) {
+                        Push::Queued => true,
+                        Push::Overflow => {
+                            metrics.slow_consumer_disconnects.add(conn.channel, 1);
+                            false
+                        }
+                        Push::Closed => false,
+                    }
+                });
+            }
+        }
+    }
+
+    /// Drops histories of users that have no connection and were idle longer than the TTL, and
+    /// trims histories while all of them together exceed the byte budget.
+    pub fn sweep(&self) {
+        let inner = &self.inner;
+        let now = Instant::now();
+        for shard in inner.shards.iter() {
+            let mut guard = lock(shard);
+            guard.topics.retain(|_, topic| {
+                let keep = !topic.conns.is_empty()
+                    || now.duration_since(topic.last_active) < inner.cfg.history_ttl;
+                if !keep {
+                    let bytes: usize = topic.history.iter().map(Entry::cost).sum();
+                    inner.release_history(bytes);
+                }
+                keep
+            });
+        }
+        // Over budget (many users each within their own bound): evict the oldest entry of every
+        // topic in turn until the total fits again.
+        while inner.history_bytes.load(Ordering::Relaxed) > inner.cfg.history_max_bytes {
+            let mut evicted = false;
+            for shard in inner.shards.iter() {
+                let mut guard = lock(shard);
+                for topic in guard.topics.values_mut() {
+                    if inner.history_bytes.load(Ordering::Relaxed) <= inner.cfg.history_max_bytes {
+                        return;
+                    }
+                    evicted |= inner.evict_oldest(topic);
+                }
+            }
+            if !evicted {
+                return;
+            }
+        }
+    }
+
+    /// Runs keep-alive ticks and history sweeps until `shutdown` is cancelled.
+    pub async fn run_maintenance(self, keep_alive: Duration, shutdown: CancellationToken) {
+        let mut keep_alive = tokio::time::interval(keep_alive);
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = keep_alive.tick() => self.keep_alive_tick(),
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+    }
+
+    /// Ends every open stream (used on shutdown): queued frames are still written, then each
+    /// response completes. Streams opened afterwards end right after their first bytes.
+    pub fn close_all(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        for shard in self.inner.shards.iter() {
+            let guard = lock(shard);
+            for topic in guard.topics.values() {
+                for conn in &topic.conns {
+                    conn.close();
+                }
+            }
+        }
+    }
+
+    /// Registered connections and (channel, user) entries, for `/metrics` and leak tests.
+    pub fn registry_size(&self) -> (usize, usize) {
+        let mut conns = 0;
+        let mut topics = 0;
+        for shard in self.inner.shards.iter() {
+            let guard = lock(shard);
+            topics += guard.topics.len();
+            conns += guard.topics.values().map(|t| t.conns.len()).sum::<usize>();
+        }
+        (conns, topics)
+    }
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.frame.len() + ENTRY_OVERHEAD
+    }
+}
+
+impl Topic {
+    /// The frames published after `last`, or `None` when they are not all known any more (or
+    /// `last` is not an id this process gave out).
+    fn missed_since(&self, last: &str, boot: u64, current: u64) -> Option<Vec<Bytes>> {
+        let (b, seq) = EventId::parse_pair(last)?;
+        if b != boot || seq < self.floor || seq > current {
+            return None;
+        }
+        Some(
+            self.history
+                .iter()
+                .filter(|e| e.seq > seq)
+                .map(|e| e.frame.clone())
+                .collect(),
+        )
+    }
+}
+
+impl Inner {
+    /// Publishes an encoded body (no `id:` yet) to one topic: assigns the id, queues the frame
+    /// to every connection and records it in the history.
+    fn deliver(&self, topic: &mut Topic, channel: Channel, body: &Bytes) -> Published {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = EventId::pair(self.boot, seq);
+        let mut frame = BytesMut::with_capacity(body.len() + 32);
+        frame.put_slice(b"id: ");
+        frame.put_slice(id.as_str().as_bytes());
+        frame.put_u8(b'\n');
+        frame.put_slice(body);
+        let frame = frame.freeze();
+
+        let cap = self.cfg.queue_size;
+        let mut delivered = 0;
+        let metrics = &self.metrics;
+        topic
+            .conns
+            .retain(|conn| match conn.push(frame.clone(), cap, true) {
+                Push::Queued => {
+                    delivered += 1;
+                    true
+                }
+                Push::Overflow => {
+                    metrics.slow_consumer_disconnects.add(channel, 1);
+                    false
+                }
+                Push::Closed => false,
+            });
+        metrics.delivered.add(channel, delivered as u64);
+        topic.last_active = Instant::now();
+
+        let entry = Entry { seq, frame };
+        self.account_history(entry.cost());
+        topic.history.push_back(entry);
+        while topic.history.len() > self.cfg.history_size {
+            self.evict_oldest(topic);
+        }
+        // Over the global budget: give back this user's oldest entries first (the newest stays).
+        while self.history_bytes.load(Ordering::Relaxed) > self.cfg.history_max_bytes
+            && topic.history.len() > 1
+        {
+            self.evict_oldest(topic);
+        }
+        Published {
+            delivered,
+            id: Some(id),
+        }
+    }
+
+    fn evict_oldest(&self, topic: &mut Topic) -> bool {
+        match topic.history.pop_front() {
+            Some(old) => {
+                topic.floor = old.seq;
+                self.release_history(old.cost());
+                self.metrics
+                    .history_evictions
+                    .fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn account_history(&self, bytes: usize) {
+        self.history_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.metrics
+            .history_bytes
+            .fetch_add(bytes as i64, Ordering::Relaxed);
+    }
+
+    fn release_history(&self, bytes: usize) {
+        self.history_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.metrics
+            .history_bytes
+            .fetch_sub(bytes as i64, Ordering::Relaxed);
+    }
+}
+
+/// One open stream, used as the HTTP response body. Dropping it (client gone, shutdown,
+/// overflow) unregisters exactly this connection.
+pub struct Subscription {
+    hub: Arc<Inner>,
+    conn: Arc<Conn>,
+    user: Box<str>,
+    shard: usize,
+}
+
+impl Body for Subscription {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let mut st = lock(&self.conn.state);
+        if let Some(frame) = st.items.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+        if st.closed {
+            return Poll::Ready(None);
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let channel = self.conn.channel;
+        {
+            let mut guard = lock(&self.hub.shards[self.shard]);
+            let key = (channel, std::mem::take(&mut self.user));
+            if let Some(topic) = guard.topics.get_mut(&key) {
+                topic.conns.retain(|c| !Arc::ptr_eq(c, &self.conn));
+                topic.last_active = Instant::now();
+            }
+        }
+        self.hub.metrics.connection_closed(channel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn hub(queue: usize, history: usize) -> Hub {
+        Hub::new(
+            HubConfig {
+                queue_size: queue,
+                history_size: history,
+                history_max_bytes: 1 << 20,
+                history_ttl: Duration::from_secs(60),
+                retry: Duration::from_secs(2),
+            },
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    async fn next_text(sub: &mut Subscription) -> String {
+        let frame = sub.frame().await.unwrap().unwrap();
+        String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn two_tabs_get_every_message_and_dropping_one_keeps_the_other() {
+        let hub = hub(8, 10);
+        let mut a = hub.subscribe(Channel::V2, "u", None, None);
+        let mut b = hub.subscribe(Channel::V2, "u", None, None);
+        assert!(next_text(&mut a).await.starts_with("retry: 2000\n"));
+        next_text(&mut b).await;
+        let p = hub.publish(Channel::V2, "u", None, "hello");
+        assert_eq!(p.delivered, 2);
+        assert!(next_text(&mut a).await.ends_with("data: hello\n\n"));
+        drop(a);
+        assert_eq!(hub.registry_size(), (1, 1));
+        assert_eq!(hub.publish(Channel::V2, "u", None, "again").delivered, 1);
+        assert!(next_text(&mut b).await.ends_with("data: hello\n\n"));
+        assert!(next_text(&mut b).await.ends_with("data: again\n\n"));
+        assert_eq!(
+            hub.publish(Channel::V3, "u", None, "other channel")
+                .delivered,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_only_that_connection() {
+        let hub = hub(2, 10);
+        let slow = hub.subscribe(Channel::V2, "u", None, None); // never polled: preamble queued
+        let mut fast = hub.subscribe(Channel::V2, "u", None, None);
+        next_text(&mut fast).await;
+        for i in 0..5 {
+            hub.publish(Channel::V2, "u", None, &i.to_string());
+            next_text(&mut fast).await;
+        }
+        assert_eq!(hub.registry_size().0, 1);
+        assert_eq!(hub.metrics().slow_consumer_disconnects.get(Channel::V2), 1);
+        drop(slow);
+        assert_eq!(hub.registry_size().0, 1);
+    }
+
+    #[tokio::test]
+    async fn replay_after_last_event_id_and_reset_when_too_old() {
+        let hub = hub(8, 3);
+        let mut a = hub.subscribe(Channel::V2, "u", None, None);
+        let ids: Vec<EventId> = (0..5)
+            .map(|i| {
+                hub.publish(Channel::V2, "u", None, &format!("m{i}"))
+                    .id
+                    .unwrap()
+            })
+            .collect();
+        drop(a.frame().await);
+        // History holds m2..m4: resuming after m2 replays m3 and m4.
+        let mut b = hub.subscribe(Channel::V2, "u", Some(ids[2].as_str()), None);
+        let first = next_text(&mut b).await;
+        assert!(first.contains("data: m3\n\nid: "), "{first}");
+        assert!(first.ends_with("data: m4\n\n"), "{first}");
+        // Resuming after m0: m1 is gone, so reset.
+        let mut c = hub.subscribe(Channel::V2, "u", Some(ids[0].as_str()), None);
+        assert!(next_text(&mut c).await.contains("event: reset\n"));
+        // A foreign id resets; the newest id replays nothing.
+        let mut d = hub.subscribe(Channel::V2, "u", Some("garbage\u{0}"), None);
+        assert!(next_text(&mut d).await.contains("event: reset\n"));
+        let mut e = hub.subscribe(Channel::V2, "u", Some(ids[4].as_str()), None);
+        assert!(!next_text(&mut e).await.contains("data:"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_history_expires_and_budget_is_kept() {
+        let hub = hub(8, 100);
+        let sub = hub.subscribe(Channel::V2, "u", None, None);
+        hub.publish(Channel::V2, "u", None, "x");
+        drop(sub);
+        hub.sweep();
+        assert_eq!(hub.registry_size(), (0, 1));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        hub.sweep();
+        assert_eq!(hub.registry_size(), (0, 0));
+        assert_eq!(hub.metrics().history_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn keep_alive_goes_only_to_idle_connections() {
+        let hub = hub(8, 10);
+        let mut a = hub.subscribe(Channel::V2, "u", None, None);
+        next_text(&mut a).await;
+        hub.keep_alive_tick(); // the preamble counts as activity
+        hub.keep_alive_tick();
+        assert_eq!(next_text(&mut a).await, ": keep-alive-text\n\n");
+        hub.publish(Channel::V2, "u", None, "m");
+        hub.keep_alive_tick();
+        assert!(next_text(&mut a).await.ends_with("data: m\n\n"));
+        hub.keep_alive_tick();
+        assert_eq!(next_text(&mut a).await, ": keep-alive-text\n\n");
+    }
+
+    #[tokio::test]
+    async fn close_all_ends_streams() {
+        let hub = hub(8, 10);
+        let mut a = hub.subscribe(Channel::V4, "u", None, None);
+        next_text(&mut a).await;
+        hub.close_all();
+        assert!(a.frame().await.is_none());
+    }
+}

@@ -1,0 +1,185 @@
+//! Process-wide counters and gauges, rendered in the Prometheus text format by `/metrics`.
+//!
+//! Plain atomics: every update is a single relaxed add, cheap enough for the publish hot path,
+//! and a scrape reads them without locking anything.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::hub::Channel;
+
+/// One counter per channel (`v1`..`v4`).
+#[derive(Default)]
+pub struct PerChannel([AtomicU64; Channel::COUNT]);
+
+impl PerChannel {
+    /// Adds `n` to the channel's counter.
+    pub fn add(&self, channel: Channel, n: u64) {
+        self.0[channel.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The channel's current value.
+    pub fn get(&self, channel: Channel) -> u64 {
+        self.0[channel.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// All metrics of one server process.
+#[derive(Default)]
+pub struct Metrics {
+    /// SSE connections open now, per channel (a gauge: incremented on open, decremented on close).
+    pub connections_open: [AtomicI64; Channel::COUNT],
+    /// SSE connections ever opened.
+    pub connections_total: PerChannel,
+    /// Messages accepted for publishing (HTTP, Kafka, report events).
+    pub published: PerChannel,
+    /// Frames handed to connection queues (one message to three tabs counts three).
+    pub delivered: PerChannel,
+    /// Connections closed because their queue was full.
+    pub slow_consumer_disconnects: PerChannel,
+    /// Reconnects whose missed messages were replayed from history.
+    pub replays: PerChannel,
+    /// Messages sent again by replays.
+    pub replayed_messages: PerChannel,
+    /// Reconnects told to resync with an `event: reset`.
+    pub resets: PerChannel,
+    /// History entries dropped to keep the total history within its byte budget.
+    pub history_evictions: AtomicU64,
+    /// Bytes held by all users' replay histories.
+    pub history_bytes: AtomicI64,
+    /// Requests answered with a 4xx status, by status code (index = code - 400; 400-431).
+    rejected: [AtomicU64; 32],
+    /// Poison Kafka messages skipped, per channel.
+    pub kafka_poison: PerChannel,
+}
+
+impl Metrics {
+    /// Records an opened connection.
+    pub fn connection_opened(&self, channel: Channel) {
+        self.connections_open[channel.index()].fetch_add(1, Ordering::Relaxed);
+        self.connections_total.add(channel, 1);
+    }
+
+    /// Records a closed connection.
+    pub fn connection_closed(&self, channel: Channel) {
+        self.connections_open[channel.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections of `channel` open now.
+    pub fn open(&self, channel: Channel) -> i64 {
+        self.connections_open[channel.index()].load(Ordering::Relaxed)
+    }
+
+    /// Records a request rejected with a 4xx `status`.
+    pub fn rejected(&self, status: u16) {
+        if let Some(slot) = status
+            .checked_sub(400)
+            .and_then(|i| self.rejected.get(i as usize))
+        {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let gauge =
+            |out: &mut String, name: &str, help: &str, values: &[AtomicI64; Channel::COUNT]| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for ch in Channel::ALL {
+                    let v = values[ch.index()].load(Ordering::Relaxed);
+                    let _ = writeln!(out, "{name}{{channel=\"{}\"}} {v}", ch.as_str());
+                }
+            };
+        let counter = |out: &mut String, name: &str, help: &str, values: &PerChannel| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ch in Channel::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{channel=\"{}\"}} {}",
+                    ch.as_str(),
+                    values.get(ch)
+                );
+            }
+        };
+        gauge(
+            &mut out,
+            "sse_connections_open",
+            "SSE connections open now.",
+            &self.connections_open,
+        );
+        counter(
+            &mut out,
+            "sse_connections_total",
+            "SSE connections opened.",
+            &self.connections_total,
+        );
+        counter(
+            &mut out,
+            "sse_messages_published_total",
+            "Messages accepted for publishing.",
+            &self.published,
+        );
+        counter(
+            &mut out,
+            "sse_messages_delivered_total",
+            "Frames queued to connections.",
+            &self.delivered,
+        );
+        counter(
+            &mut out,
+            "sse_slow_consumer_disconnects_total",
+            "Connections closed because their queue was full.",
+            &self.slow_consumer_disconnects,
+        );
+        counter(
+            &mut out,
+            "sse_replays_total",
+            "Reconnects served missed messages from history.",
+            &self.replays,
+        );
+        counter(
+            &mut out,
+            "sse_replayed_messages_total",
+            "Messages sent again by replays.",
+            &self.replayed_messages,
+        );
+        counter(
+            &mut out,
+            "sse_resets_total",
+            "Reconnects told to resync with event: reset.",
+            &self.resets,
+        );
+        counter(
+            &mut out,
+            "sse_kafka_poison_messages_total",
+            "Kafka messages skipped as unusable.",
+            &self.kafka_poison,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sse_history_bytes Bytes held by replay histories.\n# TYPE sse_history_bytes gauge\nsse_history_bytes {}",
+            self.history_bytes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sse_history_evictions_total History entries dropped to stay within the byte budget.\n# TYPE sse_history_evictions_total counter\nsse_history_evictions_total {}",
+            self.history_evictions.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP http_requests_rejected_total Requests answered with a 4xx status.\n# TYPE http_requests_rejected_total counter"
+        );
+        for (i, slot) in self.rejected.iter().enumerate() {
+            let v = slot.load(Ordering::Relaxed);
+            if v > 0 {
+                let _ = writeln!(
+                    out,
+                    "http_requests_rejected_total{{status=\"{}\"}} {v}",
+                    400 + i
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,156 @@
+//! Builds the application state, runs background tasks and serves HTTP/1.1 connections until
+//! shutdown, then ends open streams and closes connections within `--shutdown-timeout`.
+//!
+//! The accept loop is our own (hyper-util) rather than `axum::serve` so that each connection
+//! carries a [`ConnectionKill`] token: the Hub fires it to drop a client that stopped reading,
+//! and shutdown fires all of them when the grace period is over.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::api::{self, AppState, ConnectionKill};
+use crate::config::Config;
+use crate::hub::{Hub, HubConfig};
+use crate::metrics::Metrics;
+
+/// Serves `config` on `listener` until `shutdown` completes, then shuts down gracefully.
+///
+/// Fails only if the listener fails in a way that makes accepting impossible.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(
+        HubConfig {
+            queue_size: config.queue_size as usize,
+            history_size: config.history_size as usize,
+            history_max_bytes: config.history_max_bytes,
+            history_ttl: config.history_ttl,
+            retry: config.retry,
+        },
+        metrics.clone(),
+    );
+    let stop = CancellationToken::new();
+    let state = AppState {
+        hub: hub.clone(),
+        metrics,
+        config: Arc::new(config.clone()),
+        shutdown: stop.clone(),
+    };
+    let background = TaskTracker::new();
+    background.spawn(hub.clone().run_maintenance(config.keep_alive, stop.clone()));
+
+    let app = api::app(state);
+    let connections = TaskTracker::new();
+    // Cancelled when the grace period is over: every connection still open is dropped.
+    let hard_stop = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(serve_connection(stream, app.clone(), stop.clone(), hard_stop.child_token()));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        open = connections.len(),
+        "shutting down: ending streams and closing connections"
+    );
+    stop.cancel();
+    hub.close_all();
+    connections.close();
+    if tokio::time::timeout(config.shutdown_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "grace period over, closing remaining connections"
+        );
+        hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
+    }
+    background.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    stop: CancellationToken,
+    kill: CancellationToken,
+) {
+    let token = ConnectionKill(kill.clone());
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(token.clone());
+        app.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = kill.cancelled() => return,
+        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = kill.cancelled() => {}
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

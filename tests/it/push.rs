@@ -1,0 +1,151 @@
+//! `/v2` (and `/v3` without Kafka): delivery to every tab, broadcast, replay, channel isolation.
+
+use std::time::Duration;
+
+use crate::support::{Sse, TestServer, client};
+
+#[tokio::test]
+async fn message_reaches_every_tab_and_closing_one_leaves_the_other() {
+    let server = TestServer::start().await;
+    let url = server.url("/v2/sse?username=alice");
+    let mut tab1 = Sse::open(&url, None).await;
+    let mut tab2 = Sse::open(&url, None).await;
+    let mut other = Sse::open(&server.url("/v2/sse?username=bob"), None).await;
+
+    let (status, body) = server.post("/v2/message?username=alice", "hello").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["delivered"], 2);
+    for tab in [&mut tab1, &mut tab2] {
+        let event = tab.next().await;
+        assert_eq!(event.data, "hello");
+        assert_eq!(event.event, "message");
+        assert_eq!(event.id, body["id"].as_str().unwrap());
+    }
+
+    drop(tab1);
+    server
+        .wait_metric(r#"sse_connections_open{channel="v2"}"#, 2.0)
+        .await;
+    let (_, body) = server
+        .post("/v2/message?username=alice&event=notification", "second")
+        .await;
+    assert_eq!(body["delivered"], 1);
+    let event = tab2.next().await;
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("notification", "second")
+    );
+    other.expect_silence(Duration::from_millis(200)).await;
+
+    // Nobody connected is not an error.
+    let (status, body) = server.post("/v2/message?username=nobody", "x").await;
+    assert_eq!((status, body["delivered"].as_u64()), (200, Some(0)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_user_of_the_channel_only() {
+    let server = TestServer::start().await;
+    let mut a = Sse::open(&server.url("/v2/sse?username=a"), None).await;
+    let mut b = Sse::open(&server.url("/v2/sse?username=b"), None).await;
+    let mut v3 = Sse::open(&server.url("/v3/sse?username=a"), None).await;
+    let (status, body) = server.post("/v2/broadcast?event=update", "to all").await;
+    assert_eq!((status, body["delivered"].as_u64()), (200, Some(2)));
+    for s in [&mut a, &mut b] {
+        let e = s.next().await;
+        assert_eq!((e.event.as_str(), e.data.as_str()), ("update", "to all"));
+    }
+    // A v2 message never reaches v3 and the other way round.
+    server.post("/v2/message?username=a", "v2 only").await;
+    v3.expect_silence(Duration::from_millis(200)).await;
+    let (_, body) = server.post("/v3/message?username=a", "v3 only").await;
+    assert_eq!(body["delivered"], 1);
+    assert_eq!(v3.next().await.data, "v3 only");
+    assert_eq!(a.next().await.data, "v2 only");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reconnect_replays_what_was_missed_in_order_or_says_reset() {
+    let server = TestServer::start_with(|c| c.history_size = 5).await;
+    let url = server.url("/v2/sse?username=r");
+    let first = Sse::open(&url, None).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let (_, body) = server.post("/v2/message?username=r", format!("m{i}")).await;
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    drop(first);
+
+    // m7 is in the 5-message history (m5..m9): m8 and m9 follow, then live messages.
+    let mut resumed = Sse::open(&url, Some(&ids[7])).await;
+    assert_eq!(resumed.next().await.data, "m8");
+    assert_eq!(resumed.next().await.data, "m9");
+    server.post("/v2/message?username=r", "live").await;
+    assert_eq!(resumed.next().await.data, "live");
+
+    // The query parameter works for clients that cannot set headers.
+    let mut by_query = Sse::open(&format!("{url}&lastEventId={}", ids[8]), None).await;
+    assert_eq!(by_query.next().await.data, "m9");
+    assert_eq!(by_query.next().await.data, "live");
+
+    // Older than the history, unknown, or from another server run: an explicit reset.
+    for stale in [ids[2].as_str(), "nonsense", "1-1", "99999999999999999999-1"] {
+        let mut s = Sse::open(&url, Some(stale)).await;
+        let reset = s.next().await;
+        assert_eq!(reset.event, "reset", "{stale}");
+        assert!(reset.data.contains("resync"));
+        // The reset carries a position to resume from: using it replays nothing old.
+        let mut again = Sse::open(&url, Some(&reset.id)).await;
+        server.post("/v2/message?username=r", "after reset").await;
+        assert_eq!(again.next().await.data, "after reset");
+        assert_eq!(s.next().await.data, "after reset");
+    }
+    let replays = server.metric(r#"sse_replays_total{channel="v2"}"#).await;
+    assert!(replays >= 2.0, "{replays}");
+    assert_eq!(
+        server.metric(r#"sse_resets_total{channel="v2"}"#).await,
+        4.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_registration_leaks_after_1000_connect_disconnect_cycles() {
+    let server = TestServer::start().await;
+    let http = client();
+    for round in 0..20 {
+        let mut opened = Vec::new();
+        for i in 0..50 {
+            let user = format!("leak{}", (round * 50 + i) % 7);
+            let response = http
+                .get(server.url(&format!("/v2/sse?username={user}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            opened.push(response);
+        }
+        drop(opened);
+    }
+    server
+        .wait_metric(r#"sse_connections_open{channel="v2"}"#, 0.0)
+        .await;
+    server
+        .wait_metric("sse_hub_registered_connections", 0.0)
+        .await;
+    assert_eq!(
+        server
+            .metric(r#"sse_connections_total{channel="v2"}"#)
+            .await,
+        1000.0
+    );
+    // The users' streams still work afterwards.
+    let mut s = Sse::open(&server.url("/v2/sse?username=leak3"), None).await;
+    let (_, body) = server
+        .post("/v2/message?username=leak3", "still here")
+        .await;
+    assert_eq!(body["delivered"], 1);
+    assert_eq!(s.next().await.data, "still here");
+    server.stop().await;
+}
