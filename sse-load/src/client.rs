@@ -1,0 +1,364 @@
+//! Subscriber connections: one small tokio task per connection that connects (bound to one of
+//! several loopback source addresses), sends a raw HTTP/1.1 GET, checks the head and parses SSE
+//! events incrementally, recording every delivery into shared counters and histograms.
+//!
+//! Socket reads go into one thread-local buffer (`readable()` + `try_read`), so an idle
+//! connection owns no read buffer: only its socket, its parser and a lazily grown bitmap of the
+//! message numbers it has received (for duplicate detection).
+
+use crate::payload;
+use crate::sse::{SseEvent, SseStream};
+use hdrhistogram::Histogram;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+const READ_BUF: usize = 64 * 1024;
+
+thread_local! {
+    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
+}
+
+/// State shared by all connections, publishers and the driver.
+pub struct Shared {
+    /// Epoch of every timestamp (nanoseconds since this instant).
+    pub epoch: Instant,
+    /// Number of users messages are spread over (message `seq` goes to user `seq % users`).
+    pub users: usize,
+    /// Added to internal user indexes when rendering `{user}` (fanout's `--user`).
+    pub user_base: usize,
+    /// Number of messages that will be published.
+    pub messages: usize,
+    /// Run tag searched in event data.
+    pub tag: Vec<u8>,
+    /// TCP connections established.
+    pub connected: AtomicUsize,
+    /// Connections that got a `200 text/event-stream` head.
+    pub ready: AtomicUsize,
+    /// Connections that failed before becoming ready.
+    pub failed: AtomicUsize,
+    /// Ready connections that ended (server close or error) before the stop signal.
+    pub dropped: AtomicUsize,
+    /// Latest connect completion (ns since epoch).
+    pub last_connect_ns: AtomicU64,
+    /// Latest head arrival (ns since epoch).
+    pub last_ready_ns: AtomicU64,
+    /// Ready connections per user.
+    pub ready_per_user: Vec<AtomicU32>,
+    /// Events parsed (all of them).
+    pub events: AtomicU64,
+    /// Events without this run's tag (server hellos, pings, other runs).
+    pub foreign: AtomicU64,
+    /// Tagged events for a message this connection's user should not get, or out of range.
+    pub unexpected: AtomicU64,
+    /// First receipts of a message on a connection.
+    pub deliveries: AtomicU64,
+    /// Repeated receipts of a message on a connection.
+    pub duplicated: AtomicU64,
+    /// Latest first-receipt time (ns since epoch).
+    pub last_delivery_ns: AtomicU64,
+    /// Per message: connections that received it.
+    pub msg_count: Vec<AtomicU32>,
+    /// Per message: latest receipt time (ns since epoch).
+    pub msg_last_ns: Vec<AtomicU64>,
+    /// Per message: send time (ns since epoch), 0 = not sent.
+    pub msg_sent_ns: Vec<AtomicU64>,
+    /// Per message: the publish got a 2xx.
+    pub msg_acked: Vec<AtomicBool>,
+    /// Per-delivery latency in microseconds.
+    pub latency_us: Mutex<Histogram<u64>>,
+    /// Error counts by kind.
+    pub errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Shared {
+    /// Creates the shared state for `users` users and `messages` messages.
+    pub fn new(users: usize, messages: usize, tag: Vec<u8>) -> Self {
+        let hist = new_histogram();
+        Shared {
+            epoch: Instant::now(),
+            users: users.max(1),
+            user_base: 0,
+            messages,
+            tag,
+            connected: AtomicUsize::new(0),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            last_connect_ns: AtomicU64::new(0),
+            last_ready_ns: AtomicU64::new(0),
+            ready_per_user: (0..users.max(1)).map(|_| AtomicU32::new(0)).collect(),
+            events: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
+            unexpected: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            duplicated: AtomicU64::new(0),
+            last_delivery_ns: AtomicU64::new(0),
+            msg_count: (0..messages).map(|_| AtomicU32::new(0)).collect(),
+            msg_last_ns: (0..messages).map(|_| AtomicU64::new(0)).collect(),
+            msg_sent_ns: (0..messages).map(|_| AtomicU64::new(0)).collect(),
+            msg_acked: (0..messages).map(|_| AtomicBool::new(false)).collect(),
+            latency_us: Mutex::new(hist),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Nanoseconds since the epoch.
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts one error of `kind`.
+    pub fn error(&self, kind: &str) {
+        if let Ok(mut m) = self.errors.lock() {
+            *m.entry(kind.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// Snapshot of the error counts.
+    pub fn errors_snapshot(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Total deliveries still missing for acknowledged messages, and the number expected.
+    pub fn missing_and_expected(&self) -> (u64, u64) {
+        let mut missing = 0u64;
+        let mut expected = 0u64;
+        for seq in 0..self.messages {
+            if !self.msg_acked[seq].load(Relaxed) {
+                continue;
+            }
+            let want = u64::from(self.ready_per_user[seq % self.users].load(Relaxed));
+            let got = u64::from(self.msg_count[seq].load(Relaxed));
+            expected += want;
+            missing += want.saturating_sub(got);
+        }
+        (missing, expected)
+    }
+}
+
+/// A latency histogram in microseconds, 1 µs .. 1 h, 3 significant figures.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// What one subscriber connection needs.
+pub struct SubSpec {
+    /// User index.
+    pub user: usize,
+    /// Target address.
+    pub target: SocketAddr,
+    /// Local address to bind before connecting, if any.
+    pub source: Option<IpAddr>,
+    /// The full GET request.
+    pub request: Vec<u8>,
+}
+
+/// Local source address for connection `conn` spread over `127.0.0.1..=127.0.0.N`.
+pub fn source_for(conn: usize, source_addrs: u8, target: SocketAddr) -> Option<IpAddr> {
+    if source_addrs == 0 || !target.is_ipv4() {
+        return None;
+    }
+    let last = 1 + (conn % usize::from(source_addrs)) as u8;
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+}
+
+/// Builds the GET request for one subscriber.
+pub fn sub_request(host: &str, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sse-load\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Connects `target`, binding `source` first when given.
+pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let sock = if target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| io_kind("socket", &e))?;
+    if let Some(src) = source {
+        sock.bind(SocketAddr::new(src, 0))
+            .map_err(|e| io_kind("bind", &e))?;
+    }
+    let stream = sock
+        .connect(target)
+        .await
+        .map_err(|e| io_kind("connect", &e))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Error kind name for an I/O error in a step.
+pub fn io_kind(step: &str, e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => format!("{step}_too_many_open_files"),
+        Some(libc::EADDRNOTAVAIL) => format!("{step}_addr_not_available"),
+        Some(libc::EADDRINUSE) => format!("{step}_addr_in_use"),
+        _ => format!("{step}_{:?}", e.kind()).to_lowercase(),
+    }
+}
+
+/// Per-connection delivery bookkeeping.
+struct Track {
+    user: usize,
+    seen: Vec<u64>,
+}
+
+impl Track {
+    fn on_event(&mut self, ev: SseEvent<'_>, shared: &Shared, now_ns: u64) {
+        shared.events.fetch_add(1, Relaxed);
+        let Some((seq, sent_ns)) = payload::parse_body(&shared.tag, ev.data) else {
+            shared.foreign.fetch_add(1, Relaxed);
+            return;
+        };
+        let Ok(seq) = usize::try_from(seq) else {
+            shared.unexpected.fetch_add(1, Relaxed);
+            return;
+        };
+        if seq >= shared.messages || seq % shared.users != self.user {
+            shared.unexpected.fetch_add(1, Relaxed);
+            return;
+        }
+        let local = seq / shared.users;
+        let (word, bit) = (local / 64, 1u64 << (local % 64));
+        if self.seen.len() <= word {
+            self.seen.resize(word + 1, 0);
+        }
+        if self.seen[word] & bit != 0 {
+            shared.duplicated.fetch_add(1, Relaxed);
+            return;
+        }
+        self.seen[word] |= bit;
+        shared.msg_count[seq].fetch_add(1, Relaxed);
+        shared.msg_last_ns[seq].fetch_max(now_ns, Relaxed);
+        shared.deliveries.fetch_add(1, Relaxed);
+        shared.last_delivery_ns.fetch_max(now_ns, Relaxed);
+        let lat_us = now_ns.saturating_sub(sent_ns) / 1000;
+        if let Ok(mut h) = shared.latency_us.lock() {
+            h.saturating_record(lat_us.max(1));
+        }
+    }
+}
+
+enum ReadOutcome {
+    Continue,
+    Closed,
+    Ended,
+    Failed(String),
+}
+
+/// Runs one subscriber until `stop` flips, the server ends the stream, or an error.
+/// Connecting and receiving the head must finish before `ready_deadline`.
+pub async fn run_sub(
+    spec: SubSpec,
+    shared: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    ready_deadline: tokio::time::Instant,
+    mut stop: watch::Receiver<bool>,
+) {
+    let fail = |kind: &str| {
+        shared.failed.fetch_add(1, Relaxed);
+        shared.error(kind);
+    };
+    if *stop.borrow() {
+        return;
+    }
+    let permit = tokio::select! {
+        biased;
+        _ = stop.changed() => return,
+        _ = tokio::time::sleep_until(ready_deadline) => { fail("connect_timeout"); return; }
+        p = sem.acquire() => match p { Ok(p) => p, Err(_) => return },
+    };
+    let connected = tokio::select! {
+        biased;
+        _ = stop.changed() => return,
+        _ = tokio::time::sleep_until(ready_deadline) => { fail("connect_timeout"); return; }
+        c = connect(spec.target, spec.source) => c,
+    };
+    let mut stream = match connected {
+        Ok(s) => s,
+        Err(kind) => {
+            fail(&kind);
+            return;
+        }
+    };
+    shared.connected.fetch_add(1, Relaxed);
+    shared.last_connect_ns.fetch_max(shared.now_ns(), Relaxed);
+    if let Err(e) = stream.write_all(&spec.request).await {
+        fail(&io_kind("write", &e));
+        return;
+    }
+    drop(spec.request);
+
+    let mut permit = Some(permit);
+    let mut sse = SseStream::new();
+    let mut track = Track {
+        user: spec.user,
+        seen: Vec::new(),
+    };
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep_until(ready_deadline), if !ready => {
+                fail("head_timeout");
+                return;
+            }
+            r = stream.readable() => {
+                if let Err(e) = r {
+                    let kind = io_kind("read", &e);
+                    if ready { shared.dropped.fetch_add(1, Relaxed); shared.error(&kind); } else { fail(&kind); }
+                    return;
+                }
+            }
+        }
+        let outcome = BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match stream.try_read(&mut buf[..]) {
+                Ok(0) => ReadOutcome::Closed,
+                Ok(n) => {
+                    let now = shared.now_ns();
+                    let mut on_event = |ev: SseEvent<'_>| track.on_event(ev, &shared, now);
+                    match sse.feed(&buf[..n], &mut on_event) {
+                        Ok(()) if sse.is_ended() => ReadOutcome::Ended,
+                        Ok(()) => ReadOutcome::Continue,
+                        Err(e) => ReadOutcome::Failed(e.kind()),
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::Continue,
+                Err(e) => ReadOutcome::Failed(io_kind("read", &e)),
+            }
+        });
+        if !ready && sse.is_ready() {
+            ready = true;
+            permit.take();
+            shared.ready.fetch_add(1, Relaxed);
+            shared.ready_per_user[spec.user % shared.users].fetch_add(1, Relaxed);
+            shared.last_ready_ns.fetch_max(shared.now_ns(), Relaxed);
+        }
+        let kind = match outcome {
+            ReadOutcome::Continue => continue,
+            ReadOutcome::Closed => "closed_by_server".to_string(),
+            ReadOutcome::Ended => "stream_ended_by_server".to_string(),
+            ReadOutcome::Failed(k) => k,
+        };
+        if ready {
+            shared.dropped.fetch_add(1, Relaxed);
+            shared.error(&kind);
+        } else {
+            fail(&kind);
+        }
+        return;
+    }
+}
