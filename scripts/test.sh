@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, lints, unit and integration tests.
-# Installs what the tests need first (idempotent; cached under ~/.cache/server_sent_events).
+# Runs every test of the project. Installs what the tests need first (idempotent; cached under
+# ${SSE_CACHE_DIR:-~/.cache/server_sent_events}, Chromium from Debian's packages):
+#   - tansu, a Kafka-compatible broker (built from crates.io, 10-20 minutes the first time);
+#   - moto_server, a DynamoDB-API server (PyPI, in a venv);
+#   - Chromium and the dashboard's npm packages, for the browser tests.
+# Then: Rust formatting, lints, unit and integration tests (real broker, real DynamoDB API,
+# real server), and the dashboard's lint, type check, component tests, build and end-to-end
+# test in a real browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== installing test services"
+bash scripts/install-tansu.sh
+bash scripts/install-moto.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -10,3 +20,4 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+

@@ -1,9 +1,10 @@
 //! One typed configuration, read from flags and environment variables (`--help` lists all).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Command line of the `server_sent_events` binary.
 #[derive(Parser, Debug, Clone)]
@@ -26,6 +27,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// Create the DynamoDB table and its `UserIdIndex` index if they do not exist (idempotent),
+    /// at `--dynamodb-endpoint` or with the normal AWS configuration, then exit.
+    InitDynamodb,
+}
+
+/// Where reports are stored.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// DynamoDB when `--dynamodb-endpoint` is set, SQLite otherwise.
+    Auto,
+    /// The embedded SQLite file at `--database`.
+    Sqlite,
+    /// DynamoDB (AWS, DynamoDB Local, or any DynamoDB-API server).
+    Dynamodb,
 }
 
 /// Every setting of the server. Each flag can also be set by the environment variable shown in
@@ -86,12 +101,75 @@ pub struct Config {
     #[arg(long, env = "SSE_SHUTDOWN_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Report store: `auto` picks DynamoDB when `--dynamodb-endpoint` is set, else SQLite.
+    #[arg(long, env = "SSE_STORE", value_enum, default_value = "auto")]
+    pub store: StoreKind,
+
+    /// SQLite database file for reports (created with its folder if missing).
+    #[arg(long, env = "SSE_DATABASE", default_value = "data/reports.sqlite3")]
+    pub database: PathBuf,
+
+    /// DynamoDB endpoint, e.g. `http://localhost:8111` for DynamoDB Local. Unset: the AWS
+    /// default endpoint (with `--store dynamodb`).
+    #[arg(long, global = true, env = "DYNAMODB_ENDPOINT")]
+    pub dynamodb_endpoint: Option<String>,
+
+    /// DynamoDB table of reports.
+    #[arg(
+        long,
+        global = true,
+        env = "SSE_DYNAMODB_TABLE",
+        default_value = "report_status"
+    )]
+    pub dynamodb_table: String,
+
+    /// AWS region for DynamoDB (default: the AWS configuration chain, else `us-east-1`).
+    #[arg(long, global = true, env = "SSE_DYNAMODB_REGION")]
+    pub dynamodb_region: Option<String>,
+
+    /// Longest a store operation may take (retries included) before the request gets 503.
+    #[arg(long, global = true, env = "SSE_STORE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub store_timeout: Duration,
+
+    /// Kafka bootstrap servers, e.g. `127.0.0.1:9092`. Unset: no Kafka, in-process delivery.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Kafka topic carrying `/v3` messages (`username:message`).
+    #[arg(long, env = "SSE_KAFKA_TOPIC_V3", default_value = "v3_messages")]
+    pub kafka_topic_v3: String,
+
+    /// Kafka topic carrying `/v4` report events.
+    #[arg(long, env = "SSE_KAFKA_TOPIC_V4", default_value = "v4_messages")]
+    pub kafka_topic_v4: String,
+
+    /// Longest a publish waits for the broker's acknowledgement before answering 503.
+    #[arg(long, env = "SSE_KAFKA_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub kafka_timeout: Duration,
+
+    /// Folder of the built dashboard, served at `/` when it exists.
+    #[arg(
+        long,
+        env = "SSE_STATIC_DIR",
+        default_value = "server_sent_events_frontend/dist"
+    )]
+    pub static_dir: PathBuf,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `server_sent_events=debug`.
-    #[arg(long, env = "SSE_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "SSE_LOG", default_value = "info")]
     pub log: String,
 }
 
 impl Config {
+    /// The store `--store` resolves to.
+    pub fn store_kind(&self) -> StoreKind {
+        match self.store {
+            StoreKind::Auto if self.dynamodb_endpoint.is_some() => StoreKind::Dynamodb,
+            StoreKind::Auto => StoreKind::Sqlite,
+            other => other,
+        }
+    }
+
     /// The default configuration with the given bind address, for tests and embedding.
     pub fn for_tests(bind: SocketAddr) -> Self {
         let mut config = Config::parse_from(["server_sent_events"]);

@@ -134,7 +134,9 @@ struct Topic {
 }
 
 struct Entry {
+    /// Local sequence number (also for messages with a Kafka id: it orders the history).
     seq: u64,
+    id: EventId,
     frame: Bytes,
 }
 
@@ -271,12 +273,7 @@ impl Hub {
             let topic = guard
                 .topics
                 .entry((channel, user.into()))
-                .or_insert_with(|| Topic {
-                    conns: Vec::new(),
-                    history: VecDeque::new(),
-                    floor: current,
-                    last_active: now,
-                });
+                .or_insert_with(|| Topic::new(current));
             topic.last_active = now;
             if let Some(last) = last_event_id.filter(|s| !s.is_empty()) {
                 match topic.missed_since(last, inner.boot, current) {
@@ -334,12 +331,43 @@ impl Hub {
         let shard = self.shard_of(channel, user);
         let mut guard = lock(&self.inner.shards[shard]);
         match guard.topics.get_mut(&(channel, Box::<str>::from(user))) {
-            Some(topic) => self.inner.deliver(topic, channel, &body),
+            Some(topic) => self.inner.deliver(topic, channel, &body, None),
             None => Published {
                 delivered: 0,
                 id: None,
             },
         }
+    }
+
+    /// Like [`Hub::publish`], with an id given by the caller: the Kafka position, so every
+    /// instance gives the same message the same id. Unlike a local publish it keeps the
+    /// message for replay even when the user has no stream here, so a client that fails over
+    /// from another instance can resume on this one. A message whose id is already in the
+    /// user's history (a redelivery) is not sent again.
+    pub fn publish_with_id(
+        &self,
+        channel: Channel,
+        user: &str,
+        event: Option<&EventName>,
+        data: &str,
+        id: EventId,
+    ) -> Published {
+        self.inner.metrics.published.add(channel, 1);
+        let body = sse::encode_event(None, event, data);
+        let shard = self.shard_of(channel, user);
+        let mut guard = lock(&self.inner.shards[shard]);
+        let current = self.inner.seq.load(Ordering::Relaxed);
+        let topic = guard
+            .topics
+            .entry((channel, user.into()))
+            .or_insert_with(|| Topic::new(current));
+        if topic.history.iter().any(|e| e.id == id) {
+            return Published {
+                delivered: 0,
+                id: Some(id),
+            };
+        }
+        self.inner.deliver(topic, channel, &body, Some(id))
     }
 
     /// Sends a message to every user of `channel` that has a stream open or a live history.
@@ -352,7 +380,7 @@ impl Hub {
             let mut guard = lock(shard);
             for ((ch, _), topic) in guard.topics.iter_mut() {
                 if *ch == channel {
-                    delivered += self.inner.deliver(topic, channel, &body).delivered;
+                    delivered += self.inner.deliver(topic, channel, &body, None).delivered;
                 }
             }
         }
@@ -478,29 +506,48 @@ impl Entry {
 }
 
 impl Topic {
-    /// The frames published after `last`, or `None` when they are not all known any more (or
-    /// `last` is not an id this process gave out).
-    fn missed_since(&self, last: &str, boot: u64, current: u64) -> Option<Vec<Bytes>> {
-        let (b, seq) = EventId::parse_pair(last)?;
-        if b != boot || seq < self.floor || seq > current {
-            return None;
+    fn new(floor: u64) -> Self {
+        Topic {
+            conns: Vec::new(),
+            history: VecDeque::new(),
+            floor,
+            last_active: Instant::now(),
         }
-        Some(
+    }
+
+    /// The frames published after `last`, or `None` when they are not all known any more.
+    ///
+    /// An id this process gave out (`{boot}-{seq}`) is a position: everything of this user
+    /// after it is known while it is not older than the history's floor. Any other id (a Kafka
+    /// position, given by every instance alike) must still be in the history.
+    fn missed_since(&self, last: &str, boot: u64, current: u64) -> Option<Vec<Bytes>> {
+        let after = |seq: u64| {
             self.history
                 .iter()
                 .filter(|e| e.seq > seq)
                 .map(|e| e.frame.clone())
-                .collect(),
-        )
+                .collect()
+        };
+        if let Some((_, seq)) = EventId::parse_pair(last).filter(|(b, _)| *b == boot) {
+            return (seq >= self.floor && seq <= current).then(|| after(seq));
+        }
+        let entry = self.history.iter().find(|e| e.id.as_str() == last)?;
+        Some(after(entry.seq))
     }
 }
 
 impl Inner {
-    /// Publishes an encoded body (no `id:` yet) to one topic: assigns the id, queues the frame
-    /// to every connection and records it in the history.
-    fn deliver(&self, topic: &mut Topic, channel: Channel, body: &Bytes) -> Published {
+    /// Publishes an encoded body (no `id:` yet) to one topic: assigns the id (unless given),
+    /// queues the frame to every connection and records it in the history.
+    fn deliver(
+        &self,
+        topic: &mut Topic,
+        channel: Channel,
+        body: &Bytes,
+        id: Option<EventId>,
+    ) -> Published {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = EventId::pair(self.boot, seq);
+        let id = id.unwrap_or_else(|| EventId::pair(self.boot, seq));
         let mut frame = BytesMut::with_capacity(body.len() + 32);
         frame.put_slice(b"id: ");
         frame.put_slice(id.as_str().as_bytes());
@@ -527,7 +574,11 @@ impl Inner {
         metrics.delivered.add(channel, delivered as u64);
         topic.last_active = Instant::now();
 
-        let entry = Entry { seq, frame };
+        let entry = Entry {
+            seq,
+            id: id.clone(),
+            frame,
+        };
         self.account_history(entry.cost());
         topic.history.push_back(entry);
         while topic.history.len() > self.cfg.history_size {
@@ -715,6 +766,52 @@ mod tests {
         assert!(next_text(&mut d).await.contains("event: reset\n"));
         let mut e = hub.subscribe(Channel::V2, "u", Some(ids[4].as_str()), None);
         assert!(!next_text(&mut e).await.contains("data:"));
+    }
+
+    #[tokio::test]
+    async fn external_ids_replay_by_exact_match_and_redeliveries_are_dropped() {
+        let hub = hub(8, 10);
+        let mut a = hub.subscribe(Channel::V3, "u", None, None);
+        next_text(&mut a).await;
+        for offset in 5..8 {
+            let p = hub.publish_with_id(
+                Channel::V3,
+                "u",
+                None,
+                &format!("k{offset}"),
+                EventId::pair(0, offset),
+            );
+            assert_eq!(p.delivered, 1);
+        }
+        // Redelivered by the broker: not sent twice.
+        assert_eq!(
+            hub.publish_with_id(Channel::V3, "u", None, "k6", EventId::pair(0, 6))
+                .delivered,
+            0
+        );
+        // Kept for replay even for a user with no stream on this instance.
+        assert_eq!(
+            hub.publish_with_id(Channel::V3, "elsewhere", None, "e", EventId::pair(1, 1))
+                .delivered,
+            0
+        );
+        let mut e = hub.subscribe(Channel::V3, "elsewhere", Some("1-0"), None);
+        assert!(next_text(&mut e).await.contains("event: reset"));
+        assert_eq!(
+            hub.publish_with_id(Channel::V3, "elsewhere", None, "f", EventId::pair(1, 2))
+                .delivered,
+            1
+        );
+        let mut f = hub.subscribe(Channel::V3, "elsewhere", Some("1-1"), None);
+        assert!(next_text(&mut f).await.ends_with("id: 1-2\ndata: f\n\n"));
+        let mut b = hub.subscribe(Channel::V3, "u", Some("0-5"), None);
+        let replay = next_text(&mut b).await;
+        assert!(
+            replay.contains("id: 0-6\ndata: k6\n\nid: 0-7\ndata: k7\n\n"),
+            "{replay}"
+        );
+        let mut c = hub.subscribe(Channel::V3, "u", Some("0-4"), None);
+        assert!(next_text(&mut c).await.contains("event: reset"));
     }
 
     #[tokio::test(start_paused = true)]

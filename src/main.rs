@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use server_sent_events::config::{Cli, Command};
+use server_sent_events::reports::{DynamoStore, InitOutcome};
 use server_sent_events::server;
 use tracing_subscriber::EnvFilter;
 
@@ -19,6 +20,25 @@ async fn main() -> std::process::ExitCode {
         .init();
 
     match cli.command.unwrap_or(Command::Serve) {
+        Command::InitDynamodb => {
+            let cfg = server::dynamo_config(&config);
+            let table = cfg.table.clone();
+            let outcome = match DynamoStore::connect(cfg).await {
+                Ok(store) => store.init_table().await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(InitOutcome::Created) => {
+                    println!("created table {table} with index UserIdIndex")
+                }
+                Ok(InitOutcome::AlreadyExists) => println!("table {table} already exists"),
+                Err(e) => {
+                    eprintln!("cannot create table {table}: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+            std::process::ExitCode::SUCCESS
+        }
         Command::Serve => {
             let listener = match tokio::net::TcpListener::bind(config.bind).await {
                 Ok(l) => l,

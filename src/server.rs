@@ -19,13 +19,16 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::api::{self, AppState, ConnectionKill};
-use crate::config::Config;
+use crate::bus::kafka::{KafkaBus, KafkaConfig};
+use crate::bus::{Bus, LocalBus};
+use crate::config::{Config, StoreKind};
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
+use crate::reports::{DynamoConfig, DynamoStore, ReportStore, SqliteStore, StoreError};
 
 /// Serves `config` on `listener` until `shutdown` completes, then shuts down gracefully.
 ///
-/// Fails only if the listener fails in a way that makes accepting impossible.
+/// Fails when the report store cannot be opened (e.g. an unwritable SQLite path).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -42,14 +45,41 @@ pub async fn run(
         },
         metrics.clone(),
     );
+    let store = open_store(&config)
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot open the report store: {e}")))?;
+    tracing::info!(store = store.name(), "report store ready");
     let stop = CancellationToken::new();
+    let background = TaskTracker::new();
+    let bus: Arc<dyn Bus> = match &config.kafka_brokers {
+        Some(brokers) => {
+            let kafka = KafkaConfig {
+                brokers: brokers.clone(),
+                topic_v3: config.kafka_topic_v3.clone(),
+                topic_v4: config.kafka_topic_v4.clone(),
+                timeout: config.kafka_timeout,
+                max_message_bytes: config.max_body_bytes as usize,
+            };
+            tracing::info!(%brokers, topic_v3 = %kafka.topic_v3, topic_v4 = %kafka.topic_v4, "kafka on");
+            KafkaBus::start(
+                kafka,
+                hub.clone(),
+                metrics.clone(),
+                stop.clone(),
+                &background,
+            )
+            .map_err(|e| std::io::Error::other(format!("invalid kafka configuration: {e}")))?
+        }
+        None => Arc::new(LocalBus::new(hub.clone())),
+    };
     let state = AppState {
         hub: hub.clone(),
         metrics,
         config: Arc::new(config.clone()),
         shutdown: stop.clone(),
+        bus,
+        store,
     };
-    let background = TaskTracker::new();
     background.spawn(hub.clone().run_maintenance(config.keep_alive, stop.clone()));
 
     let app = api::app(state);
@@ -96,6 +126,33 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Opens the report store the configuration asks for. SQLite creates its file; DynamoDB only
+/// builds a client here (`/readyz` shows whether it answers).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn ReportStore>, StoreError> {
+    Ok(match config.store_kind() {
+        StoreKind::Dynamodb => Arc::new(DynamoStore::connect(dynamo_config(config)).await?),
+        _ => {
+            let path = config.database.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))??,
+            )
+        }
+    })
+}
+
+/// The DynamoDB settings of `config`.
+pub fn dynamo_config(config: &Config) -> DynamoConfig {
+    DynamoConfig {
+        endpoint: config.dynamodb_endpoint.clone(),
+        table: config.dynamodb_table.clone(),
+        region: config.dynamodb_region.clone(),
+        operation_timeout: config.store_timeout,
+        attempt_timeout: config.store_timeout.min(Duration::from_secs(1)),
+    }
 }
 
 async fn serve_connection(

@@ -5,20 +5,25 @@ pub mod input;
 pub mod ops;
 pub mod push;
 pub mod v1;
+pub mod v4;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::handler::HandlerWithoutStateExt;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
 
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::{Channel, Hub};
 use crate::metrics::Metrics;
+use crate::reports::ReportStore;
 use error::AppError;
 
 /// Everything a handler may use. Cheap to clone.
@@ -32,6 +37,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Cancelled when the server shuts down; long-lived responses end on it.
     pub shutdown: CancellationToken,
+    /// Carries v3 messages and v4 events to the Hub of every instance.
+    pub bus: Arc<dyn Bus>,
+    /// Where reports live (the source of truth for `/v4`).
+    pub store: Arc<dyn ReportStore>,
 }
 
 /// Closes the TCP connection a request arrived on; inserted by the server's accept loop so the
@@ -42,12 +51,24 @@ pub struct ConnectionKill(pub CancellationToken);
 /// The whole application: every route, CORS, JSON 404/405, the rejection counter.
 pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.cors_origin);
-    Router::new()
+    let router = Router::new()
         .nest("/v1", v1::router())
         .nest("/v2", push::router(Channel::V2))
         .nest("/v3", push::router(Channel::V3))
-        .merge(ops::router())
-        .fallback(not_found)
+        .nest("/v4", v4::router())
+        .merge(ops::router());
+    // The dashboard, when built: its files at `/`; anything else stays a JSON 404.
+    let static_dir = &state.config.static_dir;
+    let router = if static_dir.is_dir() {
+        router.fallback_service(
+            ServeDir::new(static_dir)
+                .call_fallback_on_method_not_allowed(true)
+                .not_found_service(not_found.into_service()),
+        )
+    } else {
+        router.fallback(not_found)
+    };
+    router
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),

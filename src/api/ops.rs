@@ -1,14 +1,17 @@
 //! Operations: `/healthz` (the process is alive), `/readyz` (its dependencies are usable),
 //! `/metrics` (Prometheus text format).
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::AppState;
+use crate::bus::BusHealth;
 
 /// Routes at the root.
 pub fn router() -> Router<AppState> {
@@ -22,24 +25,47 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Longest `/readyz` waits for the store to answer a ping.
+const READY_PING_LIMIT: Duration = Duration::from_secs(2);
+
+/// `200` when the Hub runs and the store and the bus are usable, `503` otherwise, with one entry
+/// per dependency under `checks`.
 async fn readyz(State(state): State<AppState>) -> Response {
     let shutting_down = state.shutdown.is_cancelled();
+    let (store_ok, store) = store_check(&state).await;
+    let (bus_ok, kafka) = match state.bus.health() {
+        BusHealth::Disabled => (true, json!("disabled")),
+        BusHealth::Ok => (true, json!("ok")),
+        BusHealth::Down(error) => (false, json!({ "status": "down", "error": error })),
+    };
     let checks = json!({
         "hub": if shutting_down { "shutting down" } else { "ok" },
-        "kafka": "disabled",
-        "store": "not configured",
+        "kafka": kafka,
+        "store": store,
     });
-    let status = if shutting_down {
-        StatusCode::SERVICE_UNAVAILABLE
+    let ready = !shutting_down && store_ok && bus_ok;
+    let (status, word) = if ready {
+        (StatusCode::OK, "ready")
     } else {
-        StatusCode::OK
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    let ready = if shutting_down {
-        "unavailable"
-    } else {
-        "ready"
+    (status, Json(json!({ "status": word, "checks": checks }))).into_response()
+}
+
+/// Pings the store within `min(--store-timeout, 2 s)`: whether it answered, and its check entry
+/// `{"backend","status"[,"error"]}`.
+async fn store_check(state: &AppState) -> (bool, Value) {
+    let backend = state.store.name();
+    let limit = state.config.store_timeout.min(READY_PING_LIMIT);
+    let error = match tokio::time::timeout(limit, state.store.ping()).await {
+        Ok(Ok(())) => return (true, json!({ "backend": backend, "status": "ok" })),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {}", humantime::format_duration(limit)),
     };
-    (status, Json(json!({ "status": ready, "checks": checks }))).into_response()
+    (
+        false,
+        json!({ "backend": backend, "status": "down", "error": error }),
+    )
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -1,5 +1,8 @@
-//! Per-user push routes shared by `/v2` and `/v3` (without Kafka): `GET /sse?username=`,
-//! `POST /message?username=[&event=]`, `POST /broadcast[?event=]`.
+//! Per-user push routes of `/v2` and `/v3`: `GET /sse?username=`,
+//! `POST /message?username=[&event=]`, and on v2 `POST /broadcast[?event=]`.
+//!
+//! Publishes go through the Bus: in-process for v2 (and v3 without Kafka), through the Kafka
+//! topic for v3 when Kafka is on, so the message reaches the user on every instance.
 
 use axum::body::Body;
 use axum::extract::{Extension, State};
@@ -12,6 +15,7 @@ use serde_json::json;
 use super::error::{AppError, Result};
 use super::input::{Query, text_body};
 use super::{AppState, ConnectionKill};
+use crate::bus::{Delivery, Message};
 use crate::hub::Channel;
 use crate::sse::EventName;
 
@@ -93,15 +97,33 @@ async fn message(
     let user = query.username()?;
     let event = event_name(&query)?;
     let text = text_body(&headers, body, state.config.max_body_bytes).await?;
-    let published = state
-        .hub
-        .publish(channel, user.as_str(), event.as_ref(), &text);
-    let id = published.id.as_ref().map(|id| id.as_str());
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "delivered": published.delivered, "id": id })),
-    )
-        .into_response())
+    let message = Message {
+        channel,
+        user: user.as_str().to_owned(),
+        event,
+        data: text,
+    };
+    let delivery = state
+        .bus
+        .publish(message)
+        .await
+        .map_err(|e| AppError::Unavailable(e.to_string()))?;
+    Ok(match delivery {
+        Delivery::Local { delivered, id } => {
+            let id = id.as_ref().map(|id| id.as_str());
+            (
+                StatusCode::OK,
+                Json(json!({ "delivered": delivered, "id": id })),
+            )
+                .into_response()
+        }
+        // Acknowledged by the broker: every instance delivers it to the user's streams.
+        Delivery::Cluster { id } => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "accepted": true, "id": id.as_str() })),
+        )
+            .into_response(),
+    })
 }
 
 async fn broadcast(

@@ -1,9 +1,15 @@
 //! Integration tests: one binary, real servers on 127.0.0.1:0, real SSE parsing.
 
+#[path = "../common/moto.rs"]
+mod moto;
 mod support;
+mod tansu;
 
 mod input;
+mod kafka;
 mod ops;
 mod push;
+mod reports_script;
 mod slow;
 mod v1;
+mod v4;

@@ -23,6 +23,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// A server running inside the test process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Holds the server's SQLite database; removed when the server is dropped.
+    pub data_dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -39,6 +41,8 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let mut config = Config::for_tests(addr);
         config.keep_alive = Duration::from_secs(30);
+        let data_dir = tempfile::tempdir().unwrap();
+        config.database = data_dir.path().join("reports.sqlite3");
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server_sent_events::server::run(listener, config, async {
@@ -46,6 +50,7 @@ impl TestServer {
         }));
         Self {
             addr,
+            data_dir,
             stop: Some(stop),
             task: Some(task),
         }
@@ -58,6 +63,11 @@ impl TestServer {
 
     /// Shuts the server down and waits for it.
     pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    /// Shuts the server down and waits for it, keeping its data folder.
+    pub async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -88,6 +98,27 @@ impl TestServer {
     /// GETs `path` and returns (status, JSON body).
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         json_of(client().get(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// A request to `path` with the shared client settings (send it, then [`json_of`]).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client().request(method, self.url(path))
+    }
+
+    /// PUTs `body` with `Content-Type: application/json` and returns (status, JSON body).
+    pub async fn put_json(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .request(reqwest::Method::PUT, path)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        json_of(response).await
     }
 
     /// The value of one sample line of `/metrics`, e.g. `sse_connections_open{channel="v2"}`.
@@ -272,13 +303,24 @@ impl RawStream {
 pub struct ChildServer {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
+    /// Holds the default SQLite database (unless `--database` was given).
+    pub data_dir: tempfile::TempDir,
 }
 
 impl ChildServer {
     /// Starts the binary with `args` on 127.0.0.1:0 and waits for its "listening" line.
     pub async fn start(args: &[&str]) -> ChildServer {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"))
-            .args(["--bind", "127.0.0.1:0"])
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"));
+        if !args.contains(&"--bind") {
+            command.args(["--bind", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--database") {
+            command
+                .arg("--database")
+                .arg(data_dir.path().join("reports.sqlite3"));
+        }
+        let mut child = command
             .args(args)
             .env("SSE_LOG", "info")
             .stdout(Stdio::piped())
@@ -299,7 +341,11 @@ impl ChildServer {
         .expect("server did not start");
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        ChildServer { child, addr }
+        ChildServer {
+            child,
+            addr,
+            data_dir,
+        }
     }
 
     /// Sends `signal` to the child by its PID.

@@ -1,0 +1,461 @@
+//! The Kafka bus: publishes are produced to the channel's topic, and every instance consumes
+//! every partition of every topic into its own Hub, so a user gets a message on whichever
+//! instance they are connected to.
+//!
+//! Decisions:
+//! - **No consumer group.** Each instance assigns itself all partitions (a shared group would
+//!   split the messages between instances) and never commits offsets.
+//! - **Start position.** When the broker is first reached, each partition starts at its end
+//!   (high watermark), so a restarted instance does not replay the topic to live users, and
+//!   every message produced after that point is delivered. POSTs are refused (503) until this
+//!   assignment is done, so a message accepted by this instance is never skipped by it.
+//! - **Ids are Kafka positions** (`{partition}-{offset}`): the same message has the same id on
+//!   every instance, so a client can resume on another instance with `Last-Event-ID`.
+//! - **Wire format** (both topics): key = user, value = `user:message`, split at the FIRST `:`;
+//!   an optional header `event` carries the SSE event type.
+//! - **Poison messages** (no `:`, empty or invalid user, empty message, invalid UTF-8, null
+//!   payload, over the body limit, invalid `event` header) are logged with partition and
+//!   offset, counted, and skipped: never a panic, a retry loop or a stuck partition.
+//! - **The poll loop never blocks**: handing a message to the Hub is a non-blocking push.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Bus, BusError, BusHealth, Delivery, Message};
+use crate::api::input::Username;
+use crate::hub::{Channel, Hub};
+use crate::metrics::Metrics;
+use crate::sse::{EventId, EventName};
+
+/// Settings of the Kafka bus.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic of `/v3` messages.
+    pub topic_v3: String,
+    /// Topic of `/v4` events.
+    pub topic_v4: String,
+    /// Longest a publish waits for the broker's acknowledgement.
+    pub timeout: Duration,
+    /// Largest accepted message (as for HTTP bodies).
+    pub max_message_bytes: usize,
+}
+
+/// State shared by the bus, its consumer task and its health probe.
+struct Shared {
+    /// Written by the consumer task and the probe, read by `/readyz` and publishes.
+    /// A std `Mutex`: tiny critical sections, never held across `.await`.
+    health: Mutex<Health>,
+}
+
+#[derive(Clone)]
+struct Health {
+    /// Set by the probe: `Err` while the broker does not answer.
+    reachable: Result<(), String>,
+    /// Set by the consumer: `Ok` once every partition is assigned, else why not yet.
+    assigned: Result<(), String>,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut Health)) {
+        f(&mut self.health.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn get(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Publishes to Kafka and consumes every partition into the local Hub.
+pub struct KafkaBus {
+    producer: FutureProducer,
+    hub: Hub,
+    config: KafkaConfig,
+    shared: Arc<Shared>,
+}
+
+impl KafkaBus {
+    /// Creates the producer and consumer and spawns the consumer loop and the health probe
+    /// on `tasks`. Nothing here waits for the broker: HTTP is served at once and the consumer
+    /// connects when the broker is reachable.
+    ///
+    /// Fails only on an invalid client configuration (e.g. a malformed broker list).
+    pub fn start(
+        config: KafkaConfig,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Arc<Self>, KafkaError> {
+        let timeout_ms = config.timeout.as_millis().to_string();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("message.timeout.ms", &timeout_ms)
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()?;
+        let group = format!(
+            "server_sent_events-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            // Required by the client; never joined (we assign partitions) nor committed to.
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "latest")
+            .set("fetch.wait.max.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()?;
+        let shared = Arc::new(Shared {
+            health: Mutex::new(Health {
+                reachable: Err("connecting to the broker".to_owned()),
+                assigned: Err("waiting for partition assignment".to_owned()),
+            }),
+        });
+        let topics = vec![
+            (config.topic_v3.clone(), Channel::V3),
+            (config.topic_v4.clone(), Channel::V4),
+        ];
+        let consumer = Arc::new(consumer);
+        tasks.spawn(consume(
+            consumer.clone(),
+            topics,
+            hub.clone(),
+            metrics,
+            config.max_message_bytes,
+            shared.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(probe(
+            consumer,
+            config.topic_v3.clone(),
+            shared.clone(),
+            shutdown,
+        ));
+        Ok(Arc::new(Self {
+            producer,
+            hub,
+            config,
+            shared,
+        }))
+    }
+
+    fn topic_of(&self, channel: Channel) -> Option<&str> {
+        match channel {
+            Channel::V3 => Some(&self.config.topic_v3),
+            Channel::V4 => Some(&self.config.topic_v4),
+            Channel::V1 | Channel::V2 => None,
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn publish(&self, m: Message) -> Result<Delivery, BusError> {
+        let Some(topic) = self.topic_of(m.channel) else {
+            let published = self
+                .hub
+                .publish(m.channel, &m.user, m.event.as_ref(), &m.data);
+            return Ok(Delivery::Local {
+                delivered: published.delivered,
+                id: published.id,
+            });
+        };
+        if let BusHealth::Down(reason) = self.health() {
+            return Err(BusError::Unavailable(reason));
+        }
+        let payload = format!("{}:{}", m.user, m.data);
+        let mut record = FutureRecord::to(topic).key(&m.user).payload(&payload);
+        if let Some(event) = &m.event {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "event",
+                value: Some(event.as_str()),
+            }));
+        }
+        let send = self
+            .producer
+            .send(record, Timeout::After(self.config.timeout));
+        // message.timeout.ms bounds the send; the outer timeout is a safety net.
+        match tokio::time::timeout(self.config.timeout + Duration::from_secs(1), send).await {
+            Ok(Ok(delivery)) => Ok(Delivery::Cluster {
+                id: EventId::pair(delivery.partition as u64, delivery.offset as u64),
+            }),
+            Ok(Err((e, _))) => Err(BusError::Unavailable(format!(
+                "the broker did not acknowledge the message: {e}"
+            ))),
+            Err(_) => Err(BusError::Unavailable(
+                "the broker did not acknowledge the message in time".to_owned(),
+            )),
+        }
+    }
+
+    fn health(&self) -> BusHealth {
+        let h = self.shared.get();
+        match h.reachable.and(h.assigned) {
+            Ok(()) => BusHealth::Ok,
+            Err(e) => BusHealth::Down(e),
+        }
+    }
+}
+
+impl Drop for KafkaBus {
+    fn drop(&mut self) {
+        let _ = self.producer.flush(Timeout::After(Duration::from_secs(1)));
+    }
+}
+
+/// Positions the consumer at the end of every partition of every topic, retrying until the
+/// broker answers, then hands every message to the Hub until shutdown.
+async fn consume(
+    consumer: Arc<StreamConsumer>,
+    topics: Vec<(String, Channel)>,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    max_bytes: usize,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
+        let c = consumer.clone();
+        let assigned = tokio::task::spawn_blocking(move || assign_at_end(&c, &names)).await;
+        match assigned {
+            Ok(Ok(count)) => {
+                tracing::info!(
+                    partitions = count,
+                    "kafka consumer assigned at the end of every partition"
+                );
+                shared.update(|h| h.assigned = Ok(()));
+                break;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "kafka not ready, retrying");
+                shared.update(|h| h.assigned = Err(e));
+            }
+            Err(e) => tracing::error!(error = %e, "kafka assignment task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = consumer.recv() => received,
+        };
+        match received {
+            Ok(message) => {
+                let Some(channel) = topics
+                    .iter()
+                    .find(|(t, _)| t == message.topic())
+                    .map(|(_, c)| *c)
+                else {
+                    continue;
+                };
+                handle(&message, channel, &hub, &metrics, max_bytes);
+            }
+            Err(e) => {
+                // Transport errors are retried by the client itself; keep polling.
+                tracing::warn!(error = %e, "kafka consumer error");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Assigns every partition of `topics` at its high watermark. Blocking (librdkafka calls).
+fn assign_at_end(consumer: &StreamConsumer, topics: &[String]) -> Result<usize, String> {
+    let timeout = Duration::from_secs(3);
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("cannot read metadata of topic {topic}: {e}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(format!(
+                "topic {topic} does not exist (or has no partitions)"
+            ));
+        }
+        for partition in partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(|e| format!("cannot read the end of {topic}/{partition}: {e}"))?;
+            list.add_partition_offset(topic, partition, Offset::Offset(high))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    consumer.assign(&list).map_err(|e| e.to_string())?;
+    Ok(list.count())
+}
+
+/// Checks every second that the broker answers, for `/readyz` and to refuse publishes fast
+/// during an outage.
+async fn probe(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let c = consumer.clone();
+        let t = topic.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(1))
+                .map(|_| ())
+                .map_err(|e| format!("broker unreachable: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let was_reachable = shared.get().reachable.is_ok();
+        match &result {
+            Ok(()) if !was_reachable => tracing::info!("kafka broker reachable"),
+            Err(e) if was_reachable => tracing::warn!(error = %e, "kafka broker unreachable"),
+            _ => {}
+        }
+        shared.update(|h| h.reachable = result);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Hands one consumed message to the Hub, or skips it as poison.
+fn handle(
+    message: &BorrowedMessage<'_>,
+    channel: Channel,
+    hub: &Hub,
+    metrics: &Metrics,
+    max_bytes: usize,
+) {
+    let (partition, offset) = (message.partition(), message.offset());
+    match parse(message, max_bytes) {
+        Ok((user, event, data)) => {
+            let id = EventId::pair(partition as u64, offset as u64);
+            hub.publish_with_id(channel, user.as_str(), event.as_ref(), data, id);
+        }
+        Err(reason) => {
+            metrics.kafka_poison.add(channel, 1);
+            tracing::warn!(
+                topic = message.topic(),
+                partition,
+                offset,
+                reason,
+                "skipping poison kafka message"
+            );
+        }
+    }
+}
+
+/// Splits a message into (user, event, data), or says why it is unusable.
+fn parse<'m>(
+    message: &'m BorrowedMessage<'_>,
+    max_bytes: usize,
+) -> Result<(Username, Option<EventName>, &'m str), String> {
+    let event = match message.headers() {
+        Some(headers) => match headers.iter().find(|h| h.key == "event") {
+            Some(Header { value: Some(v), .. }) => {
+                let name = std::str::from_utf8(v).map_err(|_| "event header is not UTF-8")?;
+                Some(EventName::parse(name).map_err(|e| format!("invalid event header: {e}"))?)
+            }
+            _ => None,
+        },
+        None => None,
+    };
+    let (user, data) = parse_payload(message.payload(), max_bytes)?;
+    Ok((user, event, data))
+}
+
+/// Splits a `user:message` payload at the first colon and validates both parts.
+pub fn parse_payload(payload: Option<&[u8]>, max_bytes: usize) -> Result<(Username, &str), String> {
+    let payload = payload.ok_or("null payload")?;
+    if payload.len() > max_bytes + Username::MAX_LEN + 1 {
+        return Err(format!(
+            "payload of {} bytes is over the limit",
+            payload.len()
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| format!("payload is not UTF-8: {e}"))?;
+    let (user, data) = text
+        .split_once(':')
+        .ok_or("payload has no ':' (expected username:message)")?;
+    if user.is_empty() {
+        return Err("empty username".to_owned());
+    }
+    let user = Username::parse(user).map_err(|e| format!("invalid username: {e}"))?;
+    if data.is_empty() {
+        return Err("empty message".to_owned());
+    }
+    if data.len() > max_bytes {
+        return Err(format!(
+            "message of {} bytes is over the limit of {max_bytes}",
+            data.len()
+        ));
+    }
+    Ok((user, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_split_at_the_first_colon_and_poison_is_named() {
+        let (user, data) = parse_payload(Some(b"demo:a:b"), 100).unwrap();
+        assert_eq!((user.as_str(), data), ("demo", "a:b"));
+        let (_, data) = parse_payload(Some("demo:🦋 howdy".as_bytes()), 100).unwrap();
+        assert_eq!(data, "🦋 howdy");
+        for (payload, reason) in [
+            (None, "null"),
+            (Some(&b"no colon"[..]), "no ':'"),
+            (Some(&b":message"[..]), "empty username"),
+            (Some(&b"a b:message"[..]), "invalid username"),
+            (Some(&b"demo:"[..]), "empty message"),
+            (Some(&b"demo:\xff\xfe"[..]), "not UTF-8"),
+            (Some(&[b'x'; 300][..]), "over the limit"),
+        ] {
+            let err = parse_payload(payload, 100).unwrap_err();
+            assert!(err.contains(reason), "{payload:?}: {err}");
+        }
+        let long = format!("demo:{}", "x".repeat(101));
+        assert!(
+            parse_payload(Some(long.as_bytes()), 100)
+                .unwrap_err()
+                .contains("over the limit")
+        );
+    }
+}

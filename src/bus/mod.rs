@@ -1,0 +1,101 @@
+//! The Bus: how a published message reaches the Hub of every instance.
+//!
+//! Without Kafka the bus is in-process ([`LocalBus`]): a publish goes straight to this
+//! instance's Hub. With Kafka (see `kafka`), a publish is produced to the channel's topic and
+//! every instance's consumer hands it to its own Hub, so a user's streams get it wherever they
+//! are connected.
+
+pub mod kafka;
+
+use async_trait::async_trait;
+
+use crate::hub::{Channel, Hub};
+use crate::sse::{EventId, EventName};
+
+/// One message for one user's streams on one channel.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Channel whose streams receive it (`V3` or `V4` go over Kafka when it is on).
+    pub channel: Channel,
+    /// The recipient (a validated username or user id).
+    pub user: String,
+    /// Optional SSE event type.
+    pub event: Option<EventName>,
+    /// The event data (any text; the encoder makes it safe).
+    pub data: String,
+}
+
+/// What a publish achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Delivered in this process: queued to `delivered` connections.
+    Local {
+        /// Connections reached.
+        delivered: usize,
+        /// Event id, when one was assigned.
+        id: Option<EventId>,
+    },
+    /// Acknowledged by the broker; every instance delivers it with this id.
+    Cluster {
+        /// The event id all instances use (partition and offset).
+        id: EventId,
+    },
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The broker did not acknowledge in time, or refused the write.
+    #[error("message bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Health of the bus for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusHealth {
+    /// In-process only (Kafka not configured).
+    Disabled,
+    /// Connected and consuming.
+    Ok,
+    /// Not usable right now, with the reason.
+    Down(String),
+}
+
+/// Carries messages to the Hubs of every instance.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes `message`; returns once it is delivered locally or acknowledged by the broker.
+    async fn publish(&self, message: Message) -> Result<Delivery, BusError>;
+
+    /// Current health.
+    fn health(&self) -> BusHealth;
+}
+
+/// The in-process bus: publishes go straight to this instance's Hub.
+pub struct LocalBus {
+    hub: Hub,
+}
+
+impl LocalBus {
+    /// A bus over `hub`.
+    pub fn new(hub: Hub) -> Self {
+        Self { hub }
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, m: Message) -> Result<Delivery, BusError> {
+        let published = self
+            .hub
+            .publish(m.channel, &m.user, m.event.as_ref(), &m.data);
+        Ok(Delivery::Local {
+            delivered: published.delivered,
+            id: published.id,
+        })
+    }
+
+    fn health(&self) -> BusHealth {
+        BusHealth::Disabled
+    }
+}

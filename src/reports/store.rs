@@ -1,0 +1,487 @@
+//! The `ReportStore` trait every backend implements, its ids, its `Report` record and its errors.
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::status::ReportStatus;
+
+/// How many times `transition` re-reads and retries after losing a race while the
+/// transition is still valid (a lost race with an invalid outcome answers at once).
+pub const MAX_TRANSITION_ATTEMPTS: usize = 3;
+
+macro_rules! uuid_newtype {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A fresh random (v4) id.
+            pub fn new_v4() -> Self {
+                Self(Uuid::new_v4())
+            }
+        }
+
+        impl fmt::Display for $name {
+            /// Lowercase hyphenated form, as stored.
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.hyphenated(), f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+
+            /// Parses any UUID form the `uuid` crate accepts; fails on anything else.
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(id: Uuid) -> Self {
+                Self(id)
+            }
+        }
+    };
+}
+
+uuid_newtype!(
+    /// The owner of reports (serialized as a bare UUID string).
+    UserId
+);
+uuid_newtype!(
+    /// A report's id (serialized as a bare UUID string).
+    ReportId
+);
+
+/// One report's status record, as stored and as sent to clients.
+///
+/// JSON: `{"userId":"<uuid>","reportId":"<uuid>","reportStatus":"pending","createdAt":"2026-11-22T04:30:00.123Z"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Owner of the report.
+    pub user_id: UserId,
+    /// The report's id.
+    pub report_id: ReportId,
+    /// Current status.
+    pub report_status: ReportStatus,
+    /// Creation time, UTC, millisecond precision.
+    #[serde(with = "timestamp::serde_rfc3339_millis")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Report {
+    /// A new `pending` report for `user` with a fresh id, created now.
+    pub fn new_pending(user: UserId) -> Self {
+        Self {
+            user_id: user,
+            report_id: ReportId::new_v4(),
+            report_status: ReportStatus::Pending,
+            created_at: timestamp::now_millis(),
+        }
+    }
+
+    /// The order `list` returns: oldest first by `created_at`, then by report id.
+    pub fn list_order(a: &Report, b: &Report) -> std::cmp::Ordering {
+        (a.created_at, a.report_id).cmp(&(b.created_at, b.report_id))
+    }
+}
+
+/// RFC 3339 timestamps in UTC with exactly three fractional digits (`...T04:30:00.123Z`).
+///
+/// That fixed form also sorts lexicographically in time order.
+pub mod timestamp {
+    use time::format_description::well_known::Rfc3339;
+    use time::macros::format_description;
+    use time::{OffsetDateTime, UtcOffset};
+
+    const MILLIS_UTC: &[time::format_description::BorrowedFormatItem<'static>] =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+    /// The current time in UTC, truncated to whole milliseconds (so it round-trips exactly).
+    pub fn now_millis() -> OffsetDateTime {
+        truncate_millis(OffsetDateTime::now_utc())
+    }
+
+    /// `t` in UTC, truncated to whole milliseconds.
+    pub fn truncate_millis(t: OffsetDateTime) -> OffsetDateTime {
+        let t = t.to_offset(UtcOffset::UTC);
+        let millis = t.millisecond();
+        // Cannot fail: a millisecond count is always a valid nanosecond count.
+        t.replace_millisecond(millis).unwrap_or(t)
+    }
+
+    /// Formats as `YYYY-MM-DDTHH:MM:SS.mmmZ`; fails only for years outside 0000..=9999.
+    pub fn format(t: OffsetDateTime) -> Result<String, time::error::Format> {
+        truncate_millis(t).format(MILLIS_UTC)
+    }
+
+    /// Parses any RFC 3339 timestamp, converts it to UTC and truncates it to milliseconds.
+    pub fn parse(s: &str) -> Result<OffsetDateTime, time::error::Parse> {
+        OffsetDateTime::parse(s, &Rfc3339).map(truncate_millis)
+    }
+
+    /// `#[serde(with = ...)]` adapter for the millisecond UTC RFC 3339 form.
+    pub mod serde_rfc3339_millis {
+        use serde::{Deserialize, Deserializer, Serializer, de, ser};
+        use time::OffsetDateTime;
+
+        /// Serializes as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+        pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+            let text = super::format(*t).map_err(ser::Error::custom)?;
+            s.serialize_str(&text)
+        }
+
+        /// Deserializes any RFC 3339 timestamp (normalized to UTC milliseconds).
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            super::parse(&text).map_err(de::Error::custom)
+        }
+    }
+}
+
+/// A storage failure (not a domain outcome).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time (connection refused, timeout,
+    /// throttling, missing table, I/O error). The HTTP layer maps it to 503.
+    #[error("report store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored item or row does not parse as a report.
+    #[error("corrupt report record: {0}")]
+    Corrupt(String),
+}
+
+/// Why a status transition did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// No report with that id belongs to that user (missing or owned by someone else).
+    #[error("report not found")]
+    NotFound,
+    /// The state machine forbids moving from `current` to the requested status.
+    #[error(
+        "invalid transition from {current}; allowed next: {}",
+        display_list(allowed)
+    )]
+    Invalid {
+        /// The report's status when the transition was refused.
+        current: ReportStatus,
+        /// The statuses `current` may move to.
+        allowed: Vec<ReportStatus>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TransitionError {
+    /// The `Invalid` outcome for a report currently in `current`.
+    pub fn invalid(current: ReportStatus) -> Self {
+        TransitionError::Invalid {
+            current,
+            allowed: current.allowed_next().to_vec(),
+        }
+    }
+}
+
+fn display_list(statuses: &[ReportStatus]) -> String {
+    if statuses.is_empty() {
+        return "none (final)".to_owned();
+    }
+    statuses
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Durable storage of report status records, one implementation per backend.
+///
+/// All methods are cancel-safe in the sense that a dropped future leaves the store
+/// consistent (each write is a single atomic statement/request).
+#[async_trait]
+pub trait ReportStore: Send + Sync + 'static {
+    /// Creates a `pending` report for `user` with a new v4 id and `created_at` = now.
+    /// Returns after the write is durable. Fails with `Unavailable` when the store is down.
+    async fn create(&self, user: UserId) -> Result<Report, StoreError>;
+
+    /// The report, or `None` when it does not exist or belongs to another user.
+    async fn get(&self, user: UserId, report: ReportId) -> Result<Option<Report>, StoreError>;
+
+    /// All reports of `user`, oldest first (by `created_at`, then report id).
+    async fn list(&self, user: UserId) -> Result<Vec<Report>, StoreError>;
+
+    /// Moves the report to `to` if the state machine allows it, with a conditional write
+    /// (the status must still be the one that was checked and the user must match).
+    ///
+    /// Fails with `NotFound` (missing or other user's), `Invalid` (forbidden from the
+    /// current status, also when a concurrent writer changed it first) or `Store`.
+    async fn transition(
+        &self,
+        user: UserId,
+        report: ReportId,
+        to: ReportStatus,
+    ) -> Result<Report, TransitionError>;
+
+    /// A cheap readiness check: `Ok` when the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The backend's name (`"sqlite"`, `"dynamodb"`).
+    fn name(&self) -> &'static str;
+}
+
+/// The two primitives a backend provides so that [`transition_checked`] can implement
+/// the read–check–conditional-write contract of [`ReportStore::transition`].
+#[async_trait]
+pub(crate) trait ConditionalStatusWrite: Send + Sync {
+    /// Same as [`ReportStore::get`] (a strongly consistent read).
+    async fn read(&self, user: UserId, report: ReportId) -> Result<Option<Report>, StoreError>;
+
+    /// Sets the status to `to` only if the record exists, belongs to `user` and its status
+    /// is `expected`. `Ok(Some(updated))` when written, `Ok(None)` when the condition failed.
+    async fn write_if(
+        &self,
+        user: UserId,
+        report: ReportId,
+        expected: ReportStatus,
+        to: ReportStatus,
+    ) -> Result<Option<Report>, StoreError>;
+}
+
+/// Read, check with the state machine, conditionally write; after a lost race re-read and
+/// answer with the now-current status, retrying at most [`MAX_TRANSITION_ATTEMPTS`] times
+/// while the transition is still valid.
+pub(crate) async fn transition_checked(
+    store: &dyn ConditionalStatusWrite,
+    user: UserId,
+    report: ReportId,
+    to: ReportStatus,
+) -> Result<Report, TransitionError> {
+    let mut current = store
+        .read(user, report)
+        .await?
+        .ok_or(TransitionError::NotFound)?;
+    for _ in 0..MAX_TRANSITION_ATTEMPTS {
+        if !current.report_status.can_transition_to(to) {
+            return Err(TransitionError::invalid(current.report_status));
+        }
+        if let Some(updated) = store
+            .write_if(user, report, current.report_status, to)
+            .await?
+        {
+            return Ok(updated);
+        }
+        // Someone else changed (or deleted) the record between our read and write.
+        current = store
+            .read(user, report)
+            .await?
+            .ok_or(TransitionError::NotFound)?;
+    }
+    // Still losing races after the bounded retries: answer with what is there now.
+    Err(TransitionError::invalid(current.report_status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn sample() -> Report {
+        Report {
+            user_id: "6f1c9a3e-8d2b-4c4a-9e57-0a1b2c3d4e5f".parse().unwrap(),
+            report_id: "0b8e7d6c-5a4f-4e3d-8c2b-1a0f9e8d7c6b".parse().unwrap(),
+            report_status: ReportStatus::Pending,
+            created_at: datetime!(2026-11-22 04:30:00.123 UTC),
+        }
+    }
+
+    #[test]
+    fn report_json_shape() {
+        let json = serde_json::to_string(&sample()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"userId":"6f1c9a3e-8d2b-4c4a-9e57-0a1b2c3d4e5f","reportId":"0b8e7d6c-5a4f-4e3d-8c2b-1a0f9e8d7c6b","reportStatus":"pending","createdAt":"2026-11-22T04:30:00.123Z"}"#
+        );
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn timestamps_are_utc_millis() {
+        let t = datetime!(2026-01-02 03:04:05.678901234 +02:00);
+        assert_eq!(timestamp::format(t).unwrap(), "2026-01-02T01:04:05.678Z");
+        assert_eq!(
+            timestamp::format(datetime!(2026-01-02 03:04:05 UTC)).unwrap(),
+            "2026-01-02T03:04:05.000Z"
+        );
+        assert_eq!(
+            timestamp::parse("2026-01-02T03:04:05.678901+02:00").unwrap(),
+            datetime!(2026-01-02 01:04:05.678 UTC)
+        );
+        assert!(timestamp::parse("yesterday").is_err());
+        let now = timestamp::now_millis();
+        assert_eq!(now.nanosecond() % 1_000_000, 0);
+        assert_eq!(
+            timestamp::parse(&timestamp::format(now).unwrap()).unwrap(),
+            now
+        );
+    }
+
+    #[test]
+    fn ids_parse_and_display() {
+        let id: ReportId = "0B8E7D6C-5A4F-4E3D-8C2B-1A0F9E8D7C6B".parse().unwrap();
+        assert_eq!(id.to_string(), "0b8e7d6c-5a4f-4e3d-8c2b-1a0f9e8d7c6b");
+        assert!("not-a-uuid".parse::<UserId>().is_err());
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"0b8e7d6c-5a4f-4e3d-8c2b-1a0f9e8d7c6b\""
+        );
+    }
+
+    /// A record whose status a "concurrent writer" changes before each of our writes.
+    struct Racy {
+        report: std::sync::Mutex<Report>,
+        /// Statuses the other writer sets, one per `write_if` call (then we win).
+        interference: std::sync::Mutex<Vec<ReportStatus>>,
+        writes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Racy {
+        fn new(status: ReportStatus, interference: &[ReportStatus]) -> Self {
+            let mut report = sample();
+            report.report_status = status;
+            Racy {
+                report: std::sync::Mutex::new(report),
+                interference: std::sync::Mutex::new(interference.iter().rev().copied().collect()),
+                writes: Default::default(),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl ConditionalStatusWrite for Racy {
+        async fn read(&self, user: UserId, report: ReportId) -> Result<Option<Report>, StoreError> {
+            let r = self.report.lock().unwrap().clone();
+            Ok((r.user_id == user && r.report_id == report).then_some(r))
+        }
+
+        async fn write_if(
+            &self,
+            _user: UserId,
+            _report: ReportId,
+            expected: ReportStatus,
+            to: ReportStatus,
+        ) -> Result<Option<Report>, StoreError> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut r = self.report.lock().unwrap();
+            if let Some(other) = self.interference.lock().unwrap().pop() {
+                r.report_status = other;
+            }
+            if r.report_status != expected {
+                return Ok(None);
+            }
+            r.report_status = to;
+            Ok(Some(r.clone()))
+        }
+    }
+
+    #[tokio::test]
+    async fn lost_race_answers_invalid_with_new_status() {
+        let racy = Racy::new(ReportStatus::Pending, &[ReportStatus::Queued]);
+        let r = sample();
+        let got = transition_checked(&racy, r.user_id, r.report_id, ReportStatus::Queued).await;
+        assert_eq!(got, Err(TransitionError::invalid(ReportStatus::Queued)));
+        assert_eq!(racy.writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn lost_race_now_invalid_is_not_retried() {
+        // We want canceled -> pending, but the other writer already moved it to pending:
+        // pending -> pending is invalid, so the answer is Invalid without a second write.
+        let racy = Racy::new(ReportStatus::Canceled, &[ReportStatus::Pending]);
+        let r = sample();
+        let got = transition_checked(&racy, r.user_id, r.report_id, ReportStatus::Pending).await;
+        assert_eq!(got, Err(TransitionError::invalid(ReportStatus::Pending)));
+        assert_eq!(racy.writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn lost_race_still_valid_retries_then_wins() {
+        // We want pending -> canceled; the other writer queues it first. queued -> canceled
+        // is valid too, so the second attempt goes through.
+        let racy = Racy::new(ReportStatus::Pending, &[ReportStatus::Queued]);
+        let r = sample();
+        let got = transition_checked(&racy, r.user_id, r.report_id, ReportStatus::Canceled).await;
+        assert_eq!(got.map(|r| r.report_status), Ok(ReportStatus::Canceled));
+        assert_eq!(racy.writes.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded() {
+        // The other writer flips pending/queued before every write; canceled stays valid
+        // from both, so only the attempt bound stops the loop.
+        let flips: Vec<_> = (0..MAX_TRANSITION_ATTEMPTS + 5)
+            .map(|i| {
+                if i % 2 == 0 {
+                    ReportStatus::Queued
+                } else {
+                    ReportStatus::Pending
+                }
+            })
+            .collect();
+        let racy = Racy::new(ReportStatus::Pending, &flips);
+        let r = sample();
+        let got = transition_checked(&racy, r.user_id, r.report_id, ReportStatus::Canceled).await;
+        assert!(
+            matches!(got, Err(TransitionError::Invalid { .. })),
+            "{got:?}"
+        );
+        assert_eq!(
+            racy.writes.load(std::sync::atomic::Ordering::SeqCst),
+            MAX_TRANSITION_ATTEMPTS
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_or_foreign_is_not_found() {
+        let racy = Racy::new(ReportStatus::Pending, &[]);
+        let r = sample();
+        let got =
+            transition_checked(&racy, UserId::new_v4(), r.report_id, ReportStatus::Queued).await;
+        assert_eq!(got, Err(TransitionError::NotFound));
+        let got =
+            transition_checked(&racy, r.user_id, ReportId::new_v4(), ReportStatus::Queued).await;
+        assert_eq!(got, Err(TransitionError::NotFound));
+        assert_eq!(racy.writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn invalid_error_lists_allowed() {
+        let err = TransitionError::invalid(ReportStatus::Queued);
+        assert_eq!(
+            err,
+            TransitionError::Invalid {
+                current: ReportStatus::Queued,
+                allowed: vec![ReportStatus::Processing, ReportStatus::Canceled],
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid transition from queued; allowed next: processing, canceled"
+        );
+        assert!(
+            TransitionError::invalid(ReportStatus::Completed)
+                .to_string()
+                .ends_with("none (final)")
+        );
+    }
+}

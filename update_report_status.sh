@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# update_report_status.sh: asks the server to move one report to a new status.
+#
+# Usage: update_report_status.sh <userID> <reportID> <new-status>
+#   Sends PUT $SSE_BASE_URL/v4/report?user_id=<userID> with {"id":"<reportID>","status":"<new-status>"}.
+#   SSE_BASE_URL defaults to http://localhost:3000.
+# Prints the server's answer and the HTTP status. Exit: 0 on 2xx, 1 on an HTTP error
+# (409 invalid transition included) or a connection failure, 2 on bad arguments.
+set -euo pipefail
+
+usage() {
+    echo "usage: $(basename "$0") <userID> <reportID> <new-status>" >&2
+    echo "  statuses: pending queued processing completed failed canceled" >&2
+    echo "  server: \$SSE_BASE_URL (default http://localhost:3000)" >&2
+}
+
+if [[ $# -ne 3 ]]; then
+    usage
+    exit 2
+fi
+
+user_id=$1
+report_id=$2
+new_status=$3
+
+for arg in "$user_id" "$report_id" "$new_status"; do
+    if [[ -z "$arg" ]]; then
+        echo "$(basename "$0"): arguments must not be empty" >&2
+        usage
+        exit 2
+    fi
+    # Keeps the hand-built JSON valid and free of injected fields.
+    if [[ "$arg" == *'"'* || "$arg" == *'\'* || "$arg" =~ [[:cntrl:]] ]]; then
+        echo "$(basename "$0"): arguments must not contain '\"', '\\' or control characters: $arg" >&2
+        exit 2
+    fi
+done
+
+base_url=${SSE_BASE_URL:-http://localhost:3000}
+base_url=${base_url%/}
+
+# The user id goes into the query string: percent-encode everything but unreserved chars.
+urlencode() {
+    local LC_ALL=C s=$1 out="" c i
+    for ((i = 0; i < ${#s}; i++)); do
+        c=${s:i:1}
+        case $c in
+            [a-zA-Z0-9.~_-]) out+=$c ;;
+            *) out+=$(printf '%%%02X' "'$c") ;;
+        esac
+    done
+    printf '%s' "$out"
+}
+
+body=$(printf '{"id":"%s","status":"%s"}' "$report_id" "$new_status")
+url="$base_url/v4/report?user_id=$(urlencode "$user_id")"
+
+response_file=$(mktemp)
+trap 'rm -f "$response_file"' EXIT
+
+if ! http_status=$(curl --silent --show-error --max-time 10 \
+    --request PUT \
+    --header 'Content-Type: application/json' \
+    --data-binary "$body" \
+    --output "$response_file" \
+    --write-out '%{http_code}' \
+    "$url"); then
+    echo "$(basename "$0"): request to $url failed" >&2
+    exit 1
+fi
+
+cat "$response_file"
+# Make sure the status line starts on its own line even if the body has no newline.
+[[ -s "$response_file" && -n "$(tail -c 1 "$response_file")" ]] && echo
+echo "HTTP $http_status"
+
+if [[ "$http_status" =~ ^2[0-9][0-9]$ ]]; then
+    exit 0
+fi
+exit 1
