@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 echo "== installing test services"
 bash scripts/install-tansu.sh
 bash scripts/install-moto.sh
+bash scripts/install-chromium.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -21,3 +22,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
 
+echo "== dashboard: lint, type check, component tests, build"
+cd server_sent_events_frontend
+npm ci --no-audit --no-fund
+npm run lint
+npm run typecheck
+npm test
+npm run build
+echo "== dashboard: end-to-end in Chromium"
+SSE_SERVER_BIN="$PWD/../target/debug/server_sent_events" npm run e2e
