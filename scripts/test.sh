@@ -30,4 +30,4 @@ npm run typecheck
 npm test
 npm run build
 echo "== dashboard: end-to-end in Chromium"
-SSE_SERVER_BIN="$PWD/../target/debug/server_sent_events" npm run e2e
+SSE_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/../target}/debug/server_sent_events" npm run e2e
