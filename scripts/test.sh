@@ -5,7 +5,7 @@
 #   - moto_server, a DynamoDB-API server (PyPI, in a venv);
 #   - Chromium and the dashboard's npm packages, for the browser tests.
 # Then: Rust formatting, lints, unit and integration tests (real broker, real DynamoDB API,
-# real server), and the dashboard's lint, type check, component tests, build and end-to-end
+# real server), a short load smoke with sse-load, and the dashboard's lint, type check, component tests, build and end-to-end
 # test in a real browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== load smoke: 1,000 streams, 1,000 messages, zero lost (release build)"
+bash scripts/bench-smoke.sh
 
 echo "== dashboard: lint, type check, component tests, build"
 cd server_sent_events_frontend

@@ -155,6 +155,13 @@ pub struct Config {
     )]
     pub static_dir: PathBuf,
 
+    /// Tokio worker threads serving connections. One by default: delivering a message is
+    /// mostly system calls, and with more workers each wake-up that crosses threads costs a
+    /// futex wake and a park, about half the CPU per delivery at 2,000 msgs/s (BENCHMARKS.md).
+    /// Raise it when one core is saturated (large fan-outs at high rates on a many-core box).
+    #[arg(long, env = "SSE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: u16,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `server_sent_events=debug`.
     #[arg(long, global = true, env = "SSE_LOG", default_value = "info")]
     pub log: String,

@@ -118,11 +118,17 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
-type Key = (Channel, Box<str>);
-
+/// One shard of the registry: a map per channel, keyed by user name. Keys are `Box<str>` so
+/// that a publish looks a user up by `&str` without allocating.
 #[derive(Default)]
 struct Shard {
-    topics: HashMap<Key, Topic>,
+    topics: [HashMap<Box<str>, Topic>; Channel::COUNT],
+}
+
+impl Shard {
+    fn topics_mut(&mut self) -> impl Iterator<Item = &mut Topic> {
+        self.topics.iter_mut().flat_map(HashMap::values_mut)
+    }
 }
 
 struct Topic {
@@ -270,9 +276,8 @@ impl Hub {
             let mut guard = lock(&inner.shards[shard]);
             let now = Instant::now();
             let current = inner.seq.load(Ordering::Relaxed);
-            let topic = guard
-                .topics
-                .entry((channel, user.into()))
+            let topic = guard.topics[channel.index()]
+                .entry(user.into())
                 .or_insert_with(|| Topic::new(current));
             topic.last_active = now;
             if let Some(last) = last_event_id.filter(|s| !s.is_empty()) {
@@ -327,11 +332,10 @@ impl Hub {
         data: &str,
     ) -> Published {
         self.inner.metrics.published.add(channel, 1);
-        let body = sse::encode_event(None, event, data);
         let shard = self.shard_of(channel, user);
         let mut guard = lock(&self.inner.shards[shard]);
-        match guard.topics.get_mut(&(channel, Box::<str>::from(user))) {
-            Some(topic) => self.inner.deliver(topic, channel, &body, None),
+        match guard.topics[channel.index()].get_mut(user) {
+            Some(topic) => self.inner.deliver(topic, channel, event, data, None),
             None => Published {
                 delivered: 0,
                 id: None,
@@ -353,13 +357,11 @@ impl Hub {
         id: EventId,
     ) -> Published {
         self.inner.metrics.published.add(channel, 1);
-        let body = sse::encode_event(None, event, data);
         let shard = self.shard_of(channel, user);
         let mut guard = lock(&self.inner.shards[shard]);
         let current = self.inner.seq.load(Ordering::Relaxed);
-        let topic = guard
-            .topics
-            .entry((channel, user.into()))
+        let topic = guard.topics[channel.index()]
+            .entry(user.into())
             .or_insert_with(|| Topic::new(current));
         if topic.history.iter().any(|e| e.id == id) {
             return Published {
@@ -367,21 +369,21 @@ impl Hub {
                 id: Some(id),
             };
         }
-        self.inner.deliver(topic, channel, &body, Some(id))
+        self.inner.deliver(topic, channel, event, data, Some(id))
     }
 
     /// Sends a message to every user of `channel` that has a stream open or a live history.
     /// Returns the number of connections reached.
     pub fn broadcast(&self, channel: Channel, event: Option<&EventName>, data: &str) -> usize {
         self.inner.metrics.published.add(channel, 1);
-        let body = sse::encode_event(None, event, data);
         let mut delivered = 0;
         for shard in self.inner.shards.iter() {
             let mut guard = lock(shard);
-            for ((ch, _), topic) in guard.topics.iter_mut() {
-                if *ch == channel {
-                    delivered += self.inner.deliver(topic, channel, &body, None).delivered;
-                }
+            for topic in guard.topics[channel.index()].values_mut() {
+                delivered += self
+                    .inner
+                    .deliver(topic, channel, event, data, None)
+                    .delivered;
             }
         }
         delivered
@@ -394,7 +396,7 @@ impl Hub {
         let cap = self.inner.cfg.queue_size;
         for shard in self.inner.shards.iter() {
             let mut guard = lock(shard);
-            for topic in guard.topics.values_mut() {
+            for topic in guard.topics_mut() {
                 let metrics = &self.inner.metrics;
                 topic.conns.retain(|conn| {
                     let idle = {
@@ -428,15 +430,17 @@ impl Hub {
         let now = Instant::now();
         for shard in inner.shards.iter() {
             let mut guard = lock(shard);
-            guard.topics.retain(|_, topic| {
-                let keep = !topic.conns.is_empty()
-                    || now.duration_since(topic.last_active) < inner.cfg.history_ttl;
-                if !keep {
-                    let bytes: usize = topic.history.iter().map(Entry::cost).sum();
-                    inner.release_history(bytes);
-                }
-                keep
-            });
+            for topics in guard.topics.iter_mut() {
+                topics.retain(|_, topic| {
+                    let keep = !topic.conns.is_empty()
+                        || now.duration_since(topic.last_active) < inner.cfg.history_ttl;
+                    if !keep {
+                        let bytes: usize = topic.history.iter().map(Entry::cost).sum();
+                        inner.release_history(bytes);
+                    }
+                    keep
+                });
+            }
         }
         // Over budget (many users each within their own bound): evict the oldest entry of every
         // topic in turn until the total fits again.
@@ -444,7 +448,7 @@ impl Hub {
             let mut evicted = false;
             for shard in inner.shards.iter() {
                 let mut guard = lock(shard);
-                for topic in guard.topics.values_mut() {
+                for topic in guard.topics_mut() {
                     if inner.history_bytes.load(Ordering::Relaxed) <= inner.cfg.history_max_bytes {
                         return;
                     }
@@ -478,7 +482,7 @@ impl Hub {
         self.inner.closed.store(true, Ordering::Release);
         for shard in self.inner.shards.iter() {
             let guard = lock(shard);
-            for topic in guard.topics.values() {
+            for topic in guard.topics.iter().flat_map(HashMap::values) {
                 for conn in &topic.conns {
                     conn.close();
                 }
@@ -492,8 +496,10 @@ impl Hub {
         let mut topics = 0;
         for shard in self.inner.shards.iter() {
             let guard = lock(shard);
-            topics += guard.topics.len();
-            conns += guard.topics.values().map(|t| t.conns.len()).sum::<usize>();
+            for map in guard.topics.iter() {
+                topics += map.len();
+                conns += map.values().map(|t| t.conns.len()).sum::<usize>();
+            }
         }
         (conns, topics)
     }
@@ -528,7 +534,9 @@ impl Topic {
                 .map(|e| e.frame.clone())
                 .collect()
         };
-        if let Some((_, seq)) = EventId::parse_pair(last).filter(|(b, _)| *b == boot) {
+        if let Some((b, seq)) = EventId::parse_pair(last)
+            && b == boot
+        {
             return (seq >= self.floor && seq <= current).then(|| after(seq));
         }
         let entry = self.history.iter().find(|e| e.id.as_str() == last)?;
@@ -537,23 +545,19 @@ impl Topic {
 }
 
 impl Inner {
-    /// Publishes an encoded body (no `id:` yet) to one topic: assigns the id (unless given),
-    /// queues the frame to every connection and records it in the history.
+    /// Publishes a message to one topic: assigns the id (unless given), encodes the frame
+    /// once, queues it to every connection and records it in the history.
     fn deliver(
         &self,
         topic: &mut Topic,
         channel: Channel,
-        body: &Bytes,
+        event: Option<&EventName>,
+        data: &str,
         id: Option<EventId>,
     ) -> Published {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let id = id.unwrap_or_else(|| EventId::pair(self.boot, seq));
-        let mut frame = BytesMut::with_capacity(body.len() + 32);
-        frame.put_slice(b"id: ");
-        frame.put_slice(id.as_str().as_bytes());
-        frame.put_u8(b'\n');
-        frame.put_slice(body);
-        let frame = frame.freeze();
+        let frame = sse::encode_event(Some(&id), event, data);
 
         let cap = self.cfg.queue_size;
         let mut delivered = 0;
@@ -670,8 +674,7 @@ impl Drop for Subscription {
         let channel = self.conn.channel;
         {
             let mut guard = lock(&self.hub.shards[self.shard]);
-            let key = (channel, std::mem::take(&mut self.user));
-            if let Some(topic) = guard.topics.get_mut(&key) {
+            if let Some(topic) = guard.topics[channel.index()].get_mut(&*self.user) {
                 topic.conns.retain(|c| !Arc::ptr_eq(c, &self.conn));
                 topic.last_active = Instant::now();
             }

@@ -6,9 +6,23 @@ use server_sent_events::reports::{DynamoStore, InitOutcome};
 use server_sent_events::server;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Built by hand rather than with `#[tokio::main]`: the worker count is configuration.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(cli.config.worker_threads))
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve(cli)),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> std::process::ExitCode {
     let config = cli.config;
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|e| {
         eprintln!("invalid log filter {:?} ({e}); using 'info'", config.log);
@@ -40,7 +54,7 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Command::Serve => {
-            let listener = match tokio::net::TcpListener::bind(config.bind).await {
+            let listener = match server::bind(config.bind) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(bind = %config.bind, error = %e, "cannot listen");

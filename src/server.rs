@@ -3,7 +3,8 @@
 //!
 //! The accept loop is our own (hyper-util) rather than `axum::serve` so that each connection
 //! carries a [`ConnectionKill`] token: the Hub fires it to drop a client that stopped reading,
-//! and shutdown fires all of them when the grace period is over.
+//! and shutdown fires all of them when the grace period is over. It also lets SSE
+//! subscriptions take the [`lean`] path, which keeps an idle stream's memory small.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::bus::kafka::{KafkaBus, KafkaConfig};
 use crate::bus::{Bus, LocalBus};
 use crate::config::{Config, StoreKind};
 use crate::hub::{Hub, HubConfig};
+use crate::lean;
 use crate::metrics::Metrics;
 use crate::reports::{DynamoConfig, DynamoStore, ReportStore, SqliteStore, StoreError};
 
@@ -128,6 +130,24 @@ pub async fn run(
     Ok(())
 }
 
+/// Listen backlog: deep enough for bursts of thousands of connects (the kernel caps it at
+/// `net.core.somaxconn`). Tokio's default of 1024 overflowed under such bursts, and each
+/// dropped SYN costs the client a one-second retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as std does).
+///
+/// Fails when the address cannot be bound (in use, not local, no permission).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Opens the report store the configuration asks for. SQLite creates its file; DynamoDB only
 /// builds a client here (`/readyz` shows whether it answers).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn ReportStore>, StoreError> {
@@ -155,7 +175,42 @@ pub fn dynamo_config(config: &Config) -> DynamoConfig {
     }
 }
 
+/// Serves one TCP connection: SSE subscriptions on the [`lean`] path while the requests are
+/// plain SSE GETs, then (for anything else) hyper on the same, unconsumed socket.
 async fn serve_connection(
+    mut stream: tokio::net::TcpStream,
+    app: Router,
+    stop: CancellationToken,
+    kill: CancellationToken,
+) {
+    loop {
+        let peeked = tokio::select! {
+            peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, lean::peek(&stream)) => match peeked {
+                Ok(peeked) => peeked,
+                Err(_) => return,
+            },
+            _ = kill.cancelled() => return,
+            // Idle at shutdown (no request yet): close, as hyper's graceful shutdown would.
+            _ = stop.cancelled() => return,
+        };
+        match peeked {
+            lean::Peeked::Closed => return,
+            lean::Peeked::Hyper => break,
+            lean::Peeked::Sse(request) => {
+                if lean::serve(&mut stream, request, &app, &stop, &kill).await == lean::After::Close
+                {
+                    return;
+                }
+            }
+        }
+    }
+    serve_with_hyper(stream, app, stop, kill).await;
+}
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn serve_with_hyper(
     stream: tokio::net::TcpStream,
     app: Router,
     stop: CancellationToken,
@@ -169,7 +224,7 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);

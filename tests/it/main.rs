@@ -7,6 +7,7 @@ mod tansu;
 
 mod input;
 mod kafka;
+mod lean;
 mod ops;
 mod push;
 mod reports_script;

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs one benchmark scenario against a fresh server (ours or nginx+nchan) and prints the
+# sse-load JSON summary on stdout (progress on stderr). Used for BENCHMARKS.md.
+#
+# Usage: bench/run.sh ours|nchan hold|hold19k|fanout|latency|rate20k [extra sse-load args]
+# Env:   SERVER_BIN (default target/release/server_sent_events), LOAD_BIN (sse-load binary),
+#        PORT (ours, default 3901).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SERVER=$1 SCEN=$2; shift 2
+LOAD_BIN=${LOAD_BIN:-target/release/sse-load}
+SERVER_BIN=${SERVER_BIN:-target/release/server_sent_events}
+PORT=${PORT:-3901}
+WORK=$(mktemp -d /tmp/sse-bench.XXXXXX)
+PID=""
+cleanup() {
+    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+        kill -TERM "$PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+case "$SERVER" in
+ours)
+    "$SERVER_BIN" --log warn --database "$WORK/r.sqlite3" --bind "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
+    PID=$!
+    HOSTPORT=127.0.0.1:$PORT
+    SUB="http://$HOSTPORT/v2/sse?username=u{user}"
+    PUB="http://$HOSTPORT/v2/message?username=u{user}"
+    PIDARGS=(--pid "$PID")
+    ;;
+nchan)
+    # A private prefix; nchan.conf says `daemon off`, so $! is the master.
+    mkdir -p "$WORK/logs" "$WORK/tmp"
+    nginx -p "$WORK" -c "$PWD/bench/nchan.conf" >"$WORK/server.log" 2>&1 &
+    PID=$!
+    HOSTPORT=127.0.0.1:8090
+    SUB="http://$HOSTPORT/sub/u{user}"
+    PUB="http://$HOSTPORT/pub/u{user}"
+    PIDARGS=(--pid "$PID" --with-children)
+    ;;
+*) echo "unknown server $SERVER" >&2; exit 2 ;;
+esac
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/${HOSTPORT%:*}/${HOSTPORT#*:}") 2>/dev/null && break
+    sleep 0.1
+done
+sleep 0.5
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+C=(--sub "$SUB" --pub "$PUB" "${PIDARGS[@]}" --source-addrs 8 --strict)
+case "$SCEN" in
+hold)     "$LOAD_BIN" hold "${C[@]}" --conns 5000 --hold 2s "$@" ;;
+hold19k)  "$LOAD_BIN" hold "${C[@]}" --conns 19000 --hold 2s --settle 3s "$@" ;;
+fanout)   "$LOAD_BIN" fanout "${C[@]}" --conns 5000 --messages 50 --interval 100ms "$@" ;;
+latency)  "$LOAD_BIN" latency "${C[@]}" --conns 10000 --users 10000 --messages 20000 --rate 2000 "$@" ;;
+rate20k)  "$LOAD_BIN" latency "${C[@]}" --conns 1000 --users 1000 --messages 100000 --rate 20000 "$@" ;;
+*) echo "unknown scenario $SCEN" >&2; exit 2 ;;
+esac

@@ -1,0 +1,606 @@
+//! The lean path for SSE subscriptions: `GET /v2/sse`, `/v3/sse` and `/v4/sse` served without
+//! hyper's per-connection buffers.
+//!
+//! Why: an idle SSE connection otherwise keeps hyper's read buffer (8 KiB reserved, its first
+//! page touched) and its header write buffer for as long as the stream is open, which made up
+//! most of the memory per connection. Here the request head is *peeked* (not consumed) into a
+//! stack buffer; only a complete, body-less, unpipelined HTTP/1.1 `GET` of one of those paths
+//! takes this path. Everything else, including anything odd, is served by hyper on the
+//! untouched socket, so no byte has to be replayed.
+//!
+//! Behaviour stays that of the router: the request is still answered by the same axum
+//! [`Router`] (validation, JSON errors, CORS, metrics, the [`ConnectionKill`] extension); this
+//! module only writes the response (status line, headers, `date`, chunked or sized body) and
+//! streams the body. Several queued frames are written with one `writev`, framed as one
+//! chunk, and every frame's bytes are the shared [`Bytes`] of the Hub: nothing is copied per
+//! connection. While streaming, the socket is watched for the client going away.
+//!
+//! [`ConnectionKill`]: crate::api::ConnectionKill
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::{Method, Request, Response, Uri, Version};
+use bytes::Bytes;
+use http_body::Body as _;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::api::ConnectionKill;
+
+/// Largest request head taken by the lean path; a longer one (say, many cookies) goes to hyper.
+/// Peeked into a stack buffer, so it costs nothing per connection.
+const MAX_HEAD: usize = 8 * 1024;
+/// Most header lines taken by the lean path; more go to hyper.
+const MAX_HEADERS: usize = 48;
+/// Most frames written by one `writev` (each frame is one `iovec`, far below `IOV_MAX`).
+const MAX_BATCH: usize = 32;
+/// The paths served here. Anything else, even a near miss, is hyper's (and the router's).
+const SSE_PATHS: [&str; 3] = ["/v2/sse", "/v3/sse", "/v4/sse"];
+
+/// What the first bytes waiting on a connection are.
+pub enum Peeked {
+    /// The client closed the connection (or it failed) before sending a request.
+    Closed,
+    /// Not a request this path takes: serve the connection with hyper, from the first byte.
+    Hyper,
+    /// A complete SSE `GET` of `head_len` bytes, and nothing after it.
+    Sse(Box<SseRequest>),
+}
+
+/// A request head the lean path serves.
+pub struct SseRequest {
+    head_len: usize,
+    request: Request<Body>,
+}
+
+/// What to do with the connection after a lean response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    /// The response is complete: wait for the next request on the connection.
+    KeepAlive,
+    /// Close the connection (client gone, killed, write failed, or shutting down).
+    Close,
+}
+
+/// Waits until the client sent something, then decides, without consuming any byte, who
+/// serves the request.
+pub async fn peek(stream: &TcpStream) -> Peeked {
+    poll_fn(|cx| poll_peek(stream, cx)).await
+}
+
+fn poll_peek(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<Peeked> {
+    // On the stack of this poll only: never part of the connection's future. Left
+    // uninitialised (ReadBuf tracks what was filled): zeroing 8 KiB per peek showed in profiles.
+    let mut buf = [MaybeUninit::<u8>::uninit(); MAX_HEAD];
+    let mut read = ReadBuf::uninit(&mut buf);
+    match stream.poll_peek(cx, &mut read) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(_)) | Poll::Ready(Ok(0)) => Poll::Ready(Peeked::Closed),
+        Poll::Ready(Ok(_)) => Poll::Ready(classify(read.filled())),
+    }
+}
+
+/// Decides on a peeked prefix of the connection's bytes. Only a head that is complete and is
+/// all there is (no body, nothing pipelined) can take the lean path.
+fn classify(bytes: &[u8]) -> Peeked {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) if len == bytes.len() => len,
+        _ => return Peeked::Hyper,
+    };
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return Peeked::Hyper;
+    }
+    let Some(target) = parsed.path else {
+        return Peeked::Hyper;
+    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if !SSE_PATHS.contains(&path) {
+        return Peeked::Hyper;
+    }
+    let Ok(uri) = Uri::try_from(target) else {
+        return Peeked::Hyper;
+    };
+    let mut request = Request::new(Body::empty());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    let map = request.headers_mut();
+    for h in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Peeked::Hyper;
+        };
+        if !plain_header(&name, &value) {
+            return Peeked::Hyper;
+        }
+        map.append(name, value);
+    }
+    Peeked::Sse(Box::new(SseRequest { head_len, request }))
+}
+
+/// Whether a request header leaves the request a plain body-less keep-alive GET. A body
+/// (`content-length`, even 0, or `transfer-encoding`), `expect`, `upgrade` or a `connection`
+/// header asking for anything but keep-alive sends the request to hyper.
+fn plain_header(name: &HeaderName, value: &HeaderValue) -> bool {
+    match *name {
+        header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE => {
+            false
+        }
+        header::CONNECTION => value.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|token| token.trim().eq_ignore_ascii_case("keep-alive"))
+        }),
+        _ => true,
+    }
+}
+
+/// Serves one lean request: consumes its head, asks the router for the response and writes
+/// it. Ends early when `kill` fires or the client goes away.
+pub async fn serve(
+    stream: &mut TcpStream,
+    sse: Box<SseRequest>,
+    app: &Router,
+    stop: &CancellationToken,
+    kill: &CancellationToken,
+) -> After {
+    let SseRequest {
+        head_len,
+        mut request,
+    } = *sse;
+    if consume(stream, head_len).await.is_err() {
+        return After::Close;
+    }
+    request
+        .extensions_mut()
+        .insert(ConnectionKill(kill.clone()));
+    let response = match app.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (head, body, chunked) = encode_head(response);
+    let after = write_response(stream, head, body, chunked, kill).await;
+    if after == After::KeepAlive && stop.is_cancelled() {
+        // Shutting down: like hyper's graceful shutdown, close once the response is complete.
+        return After::Close;
+    }
+    after
+}
+
+/// Reads (drops) exactly the `len` bytes of the head that [`peek`] saw.
+async fn consume(stream: &mut TcpStream, mut len: usize) -> io::Result<()> {
+    while len > 0 {
+        let n = poll_fn(|cx| {
+            // On the stack of this poll only, like the peek buffer.
+            let mut buf = [MaybeUninit::<u8>::uninit(); MAX_HEAD];
+            let mut read = ReadBuf::uninit(&mut buf[..len.min(MAX_HEAD)]);
+            Pin::new(&mut *stream)
+                .poll_read(cx, &mut read)
+                .map_ok(|()| read.filled().len())
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        len -= n;
+    }
+    Ok(())
+}
+
+/// The response head as hyper would write it: status line, the router's headers, `date`, and
+/// `content-length` for a body of known size or `transfer-encoding: chunked` otherwise.
+/// Returns the head, the body and whether the body is chunked.
+fn encode_head(response: Response<Body>) -> (Vec<u8>, Body, bool) {
+    let (parts, body) = response.into_parts();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let size = body.size_hint().exact();
+    let chunked = match size {
+        Some(len) => {
+            if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+                head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+            }
+            false
+        }
+        None => {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+    };
+    if !parts.headers.contains_key(header::DATE) {
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    (head, body, chunked)
+}
+
+/// Writes the head, then the body until it ends, the client goes away or `kill` fires.
+async fn write_response(
+    stream: &TcpStream,
+    head: Vec<u8>,
+    body: Body,
+    chunked: bool,
+    kill: &CancellationToken,
+) -> After {
+    let mut pump = Pump {
+        stream,
+        body,
+        chunked,
+        unwritten: vec![Bytes::from(head)],
+        ending: false,
+    };
+    tokio::select! {
+        done = poll_fn(|cx| pump.poll(cx)) => match done {
+            Ok(()) => After::KeepAlive,
+            Err(_) => After::Close,
+        },
+        () = client_gone(stream) => After::Close,
+        () = kill.cancelled() => After::Close,
+    }
+}
+
+/// Moves body frames to the socket. Each wake takes every frame ready (up to [`MAX_BATCH`])
+/// and writes them, framed as one chunk, with one `writev` from the stack. Only bytes the
+/// socket does not take at once are kept, as [`Bytes`] handles, until it is writable again:
+/// a stream that keeps up allocates nothing per frame.
+struct Pump<'a> {
+    stream: &'a TcpStream,
+    body: Body,
+    chunked: bool,
+    /// Bytes not yet written, in order: the response head at first, then only what the socket
+    /// did not take at once (empty, without allocation, while it keeps up).
+    unwritten: Vec<Bytes>,
+    /// The body ended: done once `unwritten` (holding the terminating chunk) is written.
+    ending: bool,
+}
+
+/// Writes `slices` once, without waiting; `WouldBlock` counts as 0 bytes written.
+fn try_write(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    match stream.try_write_vectored(slices) {
+        Ok(0) if slices.iter().any(|s| !s.is_empty()) => Err(io::ErrorKind::WriteZero.into()),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drops the first `n` bytes of `pieces`.
+fn advance(pieces: &mut Vec<Bytes>, mut n: usize) {
+    let whole = pieces
+        .iter()
+        .take_while(|p| {
+            if n >= p.len() {
+                n -= p.len();
+                true
+            } else {
+                false
+            }
+        })
+        .count();
+    pieces.drain(..whole);
+    if let Some(first) = pieces.first_mut() {
+        bytes::Buf::advance(first, n);
+    }
+}
+
+impl Pump<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            // First whatever the socket did not take last time.
+            if !self.unwritten.is_empty() {
+                ready!(self.stream.poll_write_ready(cx))?;
+                let mut slices = [IoSlice::new(&[]); MAX_BATCH + 3];
+                let count = self.unwritten.len().min(slices.len());
+                for (slice, piece) in slices.iter_mut().zip(&self.unwritten) {
+                    *slice = IoSlice::new(piece);
+                }
+                let n = try_write(self.stream, &slices[..count])?;
+                advance(&mut self.unwritten, n);
+                if self.unwritten.is_empty() {
+                    self.unwritten = Vec::new();
+                }
+                continue;
+            }
+            if self.ending {
+                return Poll::Ready(Ok(()));
+            }
+            // `None`s are cheap to set up and drop; the poll itself leaves nothing behind.
+            let mut frames: [Option<Bytes>; MAX_BATCH] = [const { None }; MAX_BATCH];
+            let mut count = 0;
+            let mut drained = false;
+            while count < MAX_BATCH {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Trailers cannot occur on these routes; anything but data is skipped.
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            frames[count] = Some(data);
+                            count += 1;
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
+                    Poll::Ready(None) => {
+                        self.ending = true;
+                        break;
+                    }
+                    Poll::Pending => {
+                        // The waker is registered: nothing more to take until it fires.
+                        drained = true;
+                        break;
+                    }
+                }
+            }
+            let frames = &frames[..count];
+            let size = ChunkSize::new(frames.iter().flatten().map(Bytes::len).sum());
+            let mut slices = [IoSlice::new(&[]); MAX_BATCH + 3];
+            let mut used = 0;
+            for (slice, piece) in
+                slices
+                    .iter_mut()
+                    .zip(pieces(&size, frames, self.chunked, self.ending))
+            {
+                *slice = IoSlice::new(piece);
+                used += 1;
+            }
+            if used == 0 {
+                // Nothing to write: a sized body that ended, or no frame yet (waker registered).
+                return if self.ending {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            let written = try_write(self.stream, &slices[..used])?;
+            let total: usize = slices[..used].iter().map(|s| s.len()).sum();
+            if written < total {
+                // Keep what the socket did not take (rare: a client reading slower than we
+                // write). Frames stay shared handles; only framing bytes are copied.
+                let mut rest: Vec<Bytes> = Vec::with_capacity(used);
+                // Piece `first + k` is frame `k` (after the size line, if any).
+                let first = usize::from(self.chunked && count > 0);
+                for (i, piece) in pieces(&size, frames, self.chunked, self.ending).enumerate() {
+                    let frame = i
+                        .checked_sub(first)
+                        .and_then(|k| frames.get(k))
+                        .and_then(Option::as_ref);
+                    rest.push(match frame {
+                        Some(frame) => frame.clone(),
+                        None => Bytes::copy_from_slice(piece),
+                    });
+                }
+                advance(&mut rest, written);
+                self.unwritten = rest;
+                continue;
+            }
+            if self.ending {
+                return Poll::Ready(Ok(()));
+            }
+            if drained {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// The bytes one write sends, in order: for a chunked body `"{len:x}\r\n"`, the frames and
+/// `"\r\n"` (when there are frames), then `"0\r\n\r\n"` when the body ended; for a sized
+/// body just the frames.
+fn pieces<'a>(
+    size: &'a ChunkSize,
+    frames: &'a [Option<Bytes>],
+    chunked: bool,
+    ending: bool,
+) -> impl Iterator<Item = &'a [u8]> {
+    let framed = chunked && !frames.is_empty();
+    let open = framed.then(|| size.as_bytes());
+    let close = framed.then_some(&b"\r\n"[..]);
+    let end = (chunked && ending).then_some(&b"0\r\n\r\n"[..]);
+    open.into_iter()
+        .chain(frames.iter().flatten().map(|f| &f[..]))
+        .chain(close)
+        .chain(end)
+}
+
+/// The chunk size line `"{len:x}\r\n"`, formatted on the stack.
+struct ChunkSize {
+    buf: [u8; 18],
+    start: usize,
+}
+
+impl ChunkSize {
+    fn new(mut len: usize) -> Self {
+        let mut buf = [0u8; 18];
+        buf[16] = b'\r';
+        buf[17] = b'\n';
+        let mut start = 16;
+        loop {
+            start -= 1;
+            buf[start] = b"0123456789abcdef"[len & 0xf];
+            len >>= 4;
+            if len == 0 {
+                break;
+            }
+        }
+        ChunkSize { buf, start }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// Completes when the client closed its side or the connection failed. Bytes a client sends
+/// while its stream is open (it cannot expect an answer before the stream ends) are dropped.
+async fn client_gone(stream: &TcpStream) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 256];
+        match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lean(bytes: &[u8]) -> Option<Request<Body>> {
+        match classify(bytes) {
+            Peeked::Sse(sse) => {
+                assert_eq!(sse.head_len, bytes.len());
+                Some(sse.request)
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn plain_sse_gets_take_the_lean_path() {
+        let req = lean(
+            b"GET /v2/sse?username=a&lastEventId=1-2 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 3-4\r\nConnection: keep-alive\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(req.uri(), "/v2/sse?username=a&lastEventId=1-2");
+        assert_eq!(req.headers()["last-event-id"], "3-4");
+        for path in ["/v3/sse", "/v4/sse?user_id=x", "/v2/sse"] {
+            let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(lean(head.as_bytes()).is_some(), "{path}");
+        }
+    }
+
+    #[test]
+    fn anything_else_goes_to_hyper() {
+        for head in [
+            // other methods, versions, paths
+            &b"POST /v2/sse?username=a HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"HEAD /v2/sse?username=a HTTP/1.1\r\n\r\n",
+            b"OPTIONS /v2/sse HTTP/1.1\r\n\r\n",
+            b"GET /v2/sse?username=a HTTP/1.0\r\n\r\n",
+            b"GET /v1/sse?username=a HTTP/1.1\r\n\r\n",
+            b"GET /v2/sse/ HTTP/1.1\r\n\r\n",
+            b"GET /v2/ss%65 HTTP/1.1\r\n\r\n",
+            b"GET /v2/message HTTP/1.1\r\n\r\n",
+            b"GET http://x/v2/sse HTTP/1.1\r\n\r\n",
+            // incomplete, pipelined, with a body
+            b"GET /v2/sse?username=a HTTP/1.1\r\nHost: x\r\n",
+            b"GET /v2/sse?username=a HTTP/1.1\r\n\r\nGET /v2/sse?username=b HTTP/1.1\r\n\r\n",
+            b"GET /v2/sse?username=a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET /v2/sse?username=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            // connection semantics hyper must handle
+            b"GET /v2/sse?username=a HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"GET /v2/sse?username=a HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /v2/sse?username=a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            // malformed
+            b"GET /v2/sse?username=a HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00",
+            b"GARBAGE\r\n\r\n",
+        ] {
+            assert!(
+                lean(head).is_none(),
+                "{:?} took the lean path",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: y\r\n"))
+            .collect();
+        let head = format!("GET /v2/sse HTTP/1.1\r\n{many}\r\n");
+        assert!(lean(head.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn pieces_frame_a_batch_and_advance_keeps_the_rest() {
+        let frames = [
+            Some(Bytes::from_static(b"ab")),
+            Some(Bytes::from_static(b"cde")),
+        ];
+        let size = ChunkSize::new(5);
+        let bytes = |chunked, ending| -> Vec<u8> {
+            pieces(&size, &frames, chunked, ending)
+                .flatten()
+                .copied()
+                .collect()
+        };
+        assert_eq!(bytes(true, false), b"5\r\nabcde\r\n");
+        assert_eq!(bytes(true, true), b"5\r\nabcde\r\n0\r\n\r\n");
+        assert_eq!(bytes(false, true), b"abcde");
+        assert_eq!(pieces(&size, &[], true, true).count(), 1);
+        let mut rest = vec![
+            Bytes::from_static(b"5\r\n"),
+            Bytes::from_static(b"ab"),
+            Bytes::from_static(b"cde"),
+        ];
+        advance(&mut rest, 4);
+        assert_eq!(rest, [&b"b"[..], &b"cde"[..]]);
+        advance(&mut rest, 3);
+        assert_eq!(rest, [&b"e"[..]]);
+    }
+
+    #[test]
+    fn head_of_a_sized_and_a_streamed_body() {
+        let response = Response::builder()
+            .status(400)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let (head, _, chunked) = encode_head(response);
+        let head = String::from_utf8(head).unwrap();
+        assert!(!chunked);
+        assert!(
+            head.starts_with(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 2\r\ndate: "
+            ),
+            "{head}"
+        );
+        assert!(head.ends_with(" GMT\r\n\r\n"), "{head}");
+        let stream = Body::from_stream(futures_util::stream::empty::<io::Result<Bytes>>());
+        let (head, _, chunked) = encode_head(Response::new(stream));
+        assert!(chunked);
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.contains("\r\ntransfer-encoding: chunked\r\ndate: "),
+            "{head}"
+        );
+        assert_eq!(ChunkSize::new(4096).as_bytes(), b"1000\r\n");
+        assert_eq!(ChunkSize::new(0).as_bytes(), b"0\r\n");
+        assert_eq!(ChunkSize::new(0x1a2b).as_bytes(), b"1a2b\r\n");
+    }
+}
