@@ -327,3 +327,76 @@ async fn report_events_reach_the_users_tabs_on_every_instance_through_kafka() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_v3_client_never_blocks_the_kafka_poll_loop() {
+    use tokio::io::AsyncWriteExt;
+    let broker = Broker::start();
+    let address = broker.address();
+    let server = TestServer::start_with(move |c| {
+        c.kafka_brokers = Some(address);
+        c.queue_size = 8;
+    })
+    .await;
+    wait_kafka(&server, true).await;
+    // Connected, request sent, never reads a byte.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /v3/sse?username=shared HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    server
+        .wait_metric(r#"sse_connections_open{channel="v3"}"#, 1.0)
+        .await;
+    let mut reader = Sse::open(&server.url("/v3/sse?username=shared"), None).await;
+    let producer = RawProducer::new(&broker.address());
+    let payload = format!("shared:{}", "k".repeat(60 * 1024));
+    let start = Instant::now();
+    let mut sent = 0;
+    while server
+        .metric(r#"sse_slow_consumer_disconnects_total{channel="v3"}"#)
+        .await
+        == 0.0
+    {
+        assert!(
+            sent < 1500 && start.elapsed() < Duration::from_secs(90),
+            "the stalled client was never dropped ({sent} messages)"
+        );
+        let t = Instant::now();
+        producer
+            .send(
+                "v3_messages",
+                Some("shared"),
+                Some(payload.as_bytes()),
+                None,
+            )
+            .await;
+        // The reading tab gets every message promptly although the other never reads.
+        assert_eq!(
+            reader.next().await.data.len(),
+            payload.len() - "shared:".len()
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "delivery took {:?}",
+            t.elapsed()
+        );
+        sent += 1;
+    }
+    eprintln!("stalled v3 client dropped after {sent} kafka messages");
+    producer
+        .send(
+            "v3_messages",
+            Some("shared"),
+            Some(b"shared:still flowing"),
+            None,
+        )
+        .await;
+    assert_eq!(reader.next().await.data, "still flowing");
+    server
+        .wait_metric(r#"sse_connections_open{channel="v3"}"#, 1.0)
+        .await;
+    server.stop().await;
+}
