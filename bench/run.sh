@@ -11,17 +11,8 @@ SERVER=$1 SCEN=$2; shift 2
 LOAD_BIN=${LOAD_BIN:-target/release/sse-load}
 SERVER_BIN=${SERVER_BIN:-target/release/server_sent_events}
 PORT=${PORT:-3901}
-WORK=$(mktemp -d /tmp/sse-bench.XXXXXX)
-PID=""
-cleanup() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-        kill -TERM "$PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PID" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 case "$SERVER" in
 ours)

@@ -15,17 +15,8 @@ cargo build --release --quiet -p sse-load
 SERVER_BIN=$TARGET/release/server_sent_events
 LOAD_BIN=$TARGET/release/sse-load
 
-WORK=$(mktemp -d /tmp/bench-smoke.XXXXXX)
-PID=""
-cleanup() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-        kill -TERM "$PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PID" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 # A free port: bind to 0 and let the server report the address it got.
 "$SERVER_BIN" --log info --database "$WORK/r.sqlite3" --bind 127.0.0.1:0 >"$WORK/server.log" 2>&1 &

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Sse, TestServer};
+use crate::support::{Sse, TestServer, stalled_client};
 use crate::tansu::{Broker, RawProducer, unused_port};
 
 const READY_WAIT: Duration = Duration::from_secs(30);
@@ -330,7 +330,6 @@ async fn report_events_reach_the_users_tabs_on_every_instance_through_kafka() {
 
 #[tokio::test]
 async fn a_stalled_v3_client_never_blocks_the_kafka_poll_loop() {
-    use tokio::io::AsyncWriteExt;
     let broker = Broker::start();
     let address = broker.address();
     let server = TestServer::start_with(move |c| {
@@ -340,13 +339,7 @@ async fn a_stalled_v3_client_never_blocks_the_kafka_poll_loop() {
     .await;
     wait_kafka(&server, true).await;
     // Connected, request sent, never reads a byte.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(server.addr).await.unwrap();
-    stalled
-        .write_all(b"GET /v3/sse?username=shared HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let _stalled = stalled_client(server.addr, "/v3/sse?username=shared").await;
     server
         .wait_metric(r#"sse_connections_open{channel="v3"}"#, 1.0)
         .await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{RawStream, Sse, TestServer, WAIT, client, metric_in};
+use crate::support::{RawStream, Sse, TestServer, WAIT};
 
 const ORIGIN: &str = "http://app.example";
 
@@ -46,15 +46,9 @@ async fn read_until(stream: &mut TcpStream, want: &str) -> String {
 
 /// `http_requests_rejected_total{status="400"}` (absent while 0).
 async fn rejected_400(server: &TestServer) -> f64 {
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
+    server
+        .metric_or_zero(r#"http_requests_rejected_total{status="400"}"#)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_in(&text, r#"http_requests_rejected_total{status="400"}"#).unwrap_or(0.0)
 }
 
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {

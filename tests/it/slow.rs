@@ -2,10 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
+use tokio::io::AsyncReadExt;
 
-use crate::support::{Sse, TestServer, WAIT};
+use crate::support::{Sse, TestServer, WAIT, stalled_client};
 
 #[tokio::test]
 async fn stalled_client_is_dropped_without_delaying_other_tabs_or_users() {
@@ -15,13 +14,7 @@ async fn stalled_client_is_dropped_without_delaying_other_tabs_or_users() {
     })
     .await;
     // The stalled client: a small receive buffer, a request, and then no reads at all.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(server.addr).await.unwrap();
-    stalled
-        .write_all(b"GET /v2/sse?username=shared HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stalled = stalled_client(server.addr, "/v2/sse?username=shared").await;
     server
         .wait_metric(r#"sse_connections_open{channel="v2"}"#, 1.0)
         .await;

@@ -121,17 +121,27 @@ impl TestServer {
         json_of(response).await
     }
 
-    /// The value of one sample line of `/metrics`, e.g. `sse_connections_open{channel="v2"}`.
-    pub async fn metric(&self, sample: &str) -> f64 {
-        let text = client()
+    /// The whole `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        client()
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The value of one sample line of `/metrics`, e.g. `sse_connections_open{channel="v2"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics_text().await;
         metric_in(&text, sample).unwrap_or_else(|| panic!("{sample} not in /metrics:\n{text}"))
+    }
+
+    /// Like [`TestServer::metric`], 0 for a sample not (yet) exposed.
+    pub async fn metric_or_zero(&self, sample: &str) -> f64 {
+        metric_in(&self.metrics_text().await, sample).unwrap_or(0.0)
     }
 
     /// Polls `/metrics` until `sample` equals `value` (bounded by [`WAIT`]).
@@ -168,6 +178,18 @@ pub fn metric_in(text: &str, sample: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// A client that sends `GET path` with a 4 KiB receive buffer and then never reads a byte.
+pub async fn stalled_client(addr: SocketAddr, path: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    stalled
 }
 
 /// A shared HTTP client without connection reuse surprises.
