@@ -54,7 +54,7 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Command::Serve => {
-            let listener = match server::bind(config.bind) {
+            let listener = match server_sent_events::net::bind(config.bind) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(bind = %config.bind, error = %e, "cannot listen");

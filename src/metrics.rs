@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::hub::Channel;
+use crate::domain::Channel;
 
 /// One counter per channel (`v1`..`v4`).
 #[derive(Default)]

@@ -1,31 +1,22 @@
-//! Builds the application state, runs background tasks and serves HTTP/1.1 connections until
-//! shutdown, then ends open streams and closes connections within `--shutdown-timeout`.
-//!
-//! The accept loop is our own (hyper-util) rather than `axum::serve` so that each connection
-//! carries a [`ConnectionKill`] token: the Hub fires it to drop a client that stopped reading,
-//! and shutdown fires all of them when the grace period is over. It also lets SSE
-//! subscriptions take the [`lean`] path, which keeps an idle stream's memory small.
+//! Builds the application state (Hub, Bus, report store), runs the background tasks and hands
+//! the router to the transport ([`crate::net`]) until shutdown; then ends open streams, lets
+//! the transport close connections within `--shutdown-timeout`, and stops the tasks.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::Request;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
-use crate::api::{self, AppState, ConnectionKill};
+use crate::api::{self, AppState};
 use crate::bus::kafka::{KafkaBus, KafkaConfig};
 use crate::bus::{Bus, LocalBus};
 use crate::config::{Config, StoreKind};
 use crate::hub::{Hub, HubConfig};
-use crate::lean;
 use crate::metrics::Metrics;
+use crate::net;
 use crate::reports::{DynamoConfig, DynamoStore, ReportStore, SqliteStore, StoreError};
 
 /// Serves `config` on `listener` until `shutdown` completes, then shuts down gracefully.
@@ -85,67 +76,18 @@ pub async fn run(
     background.spawn(hub.clone().run_maintenance(config.keep_alive, stop.clone()));
 
     let app = api::app(state);
-    let connections = TaskTracker::new();
-    // Cancelled when the grace period is over: every connection still open is dropped.
-    let hard_stop = CancellationToken::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(stream, app.clone(), stop.clone(), hard_stop.child_token()));
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-    drop(listener);
-    tracing::info!(
-        open = connections.len(),
-        "shutting down: ending streams and closing connections"
-    );
-    stop.cancel();
-    hub.close_all();
-    connections.close();
-    if tokio::time::timeout(config.shutdown_timeout, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = connections.len(),
-            "grace period over, closing remaining connections"
-        );
-        hard_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
-    }
+    let grace = config.shutdown_timeout;
+    let trigger = async {
+        shutdown.await;
+        // Streams end at once; the transport then closes connections within the grace period.
+        stop.cancel();
+        hub.close_all();
+    };
+    tokio::join!(net::serve(listener, app, stop.clone(), grace), trigger);
     background.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
     tracing::info!("shutdown complete");
     Ok(())
-}
-
-/// Listen backlog: deep enough for bursts of thousands of connects (the kernel caps it at
-/// `net.core.somaxconn`). Tokio's default of 1024 overflowed under such bursts, and each
-/// dropped SYN costs the client a one-second retransmission.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds a listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as std does).
-///
-/// Fails when the address cannot be bound (in use, not local, no permission).
-pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Opens the report store the configuration asks for. SQLite creates its file; DynamoDB only
@@ -172,70 +114,6 @@ pub fn dynamo_config(config: &Config) -> DynamoConfig {
         region: config.dynamodb_region.clone(),
         operation_timeout: config.store_timeout,
         attempt_timeout: config.store_timeout.min(Duration::from_secs(1)),
-    }
-}
-
-/// Serves one TCP connection: SSE subscriptions on the [`lean`] path while the requests are
-/// plain SSE GETs, then (for anything else) hyper on the same, unconsumed socket.
-async fn serve_connection(
-    mut stream: tokio::net::TcpStream,
-    app: Router,
-    stop: CancellationToken,
-    kill: CancellationToken,
-) {
-    loop {
-        let peeked = tokio::select! {
-            peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, lean::peek(&stream)) => match peeked {
-                Ok(peeked) => peeked,
-                Err(_) => return,
-            },
-            _ = kill.cancelled() => return,
-            // Idle at shutdown (no request yet): close, as hyper's graceful shutdown would.
-            _ = stop.cancelled() => return,
-        };
-        match peeked {
-            lean::Peeked::Closed => return,
-            lean::Peeked::Hyper => break,
-            lean::Peeked::Sse(request) => {
-                if lean::serve(&mut stream, request, &app, &stop, &kill).await == lean::After::Close
-                {
-                    return;
-                }
-            }
-        }
-    }
-    serve_with_hyper(stream, app, stop, kill).await;
-}
-
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn serve_with_hyper(
-    stream: tokio::net::TcpStream,
-    app: Router,
-    stop: CancellationToken,
-    kill: CancellationToken,
-) {
-    let token = ConnectionKill(kill.clone());
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(token.clone());
-        app.clone().oneshot(req)
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = kill.cancelled() => return,
-        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-    }
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = kill.cancelled() => {}
     }
 }
 

@@ -8,90 +8,18 @@
 //! - a body is split at every line break (CRLF, lone CR, lone LF) and each line becomes its own
 //!   `data:` line, so a WHATWG parser hands the client the body with each break as `\n`, and no
 //!   line of a body can ever start a field of its own (`event:`, `id:`, `retry:`);
-//! - event names are an allow-listed [`EventName`], ids are produced by the server ([`EventId`]).
-
-use std::fmt;
+//! - event names are an allow-listed [`EventName`], ids are produced by the server ([`EventId`]);
+//!   both live in [`crate::domain`].
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::domain::{EventId, EventName};
 
 /// The keep-alive comment the original demo sent, kept byte for byte.
 pub const KEEP_ALIVE: &[u8] = b": keep-alive-text\n\n";
 
 /// Event type of the frame that tells a resuming client its history could not be replayed.
 pub const RESET_EVENT: &str = "reset";
-
-/// An SSE event type: 1–64 characters of ASCII letters, digits, `_`, `.` and `-`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventName(String);
-
-impl EventName {
-    /// Maximum length of an event name.
-    pub const MAX_LEN: usize = 64;
-
-    /// Validates an event name; fails with a message fit for a client when it is not allowed.
-    pub fn parse(name: &str) -> Result<Self, String> {
-        if name.is_empty() || name.len() > Self::MAX_LEN {
-            return Err(format!(
-                "event must be 1-{} characters long, got {}",
-                Self::MAX_LEN,
-                name.len()
-            ));
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
-            return Err("event may contain only letters, digits, '_', '.' and '-'".to_owned());
-        }
-        Ok(Self(name.to_owned()))
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for EventName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// An event id as sent in `id:`. Built only by the server, from digits and `-`, so it never
-/// holds a line break or NUL (a WHATWG client ignores an `id` containing NUL).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EventId(String);
-
-impl EventId {
-    /// An id made of two numbers, `"{a}-{b}"`: (boot, sequence) locally, (partition, offset) on Kafka.
-    pub fn pair(a: u64, b: u64) -> Self {
-        Self(format!("{a}-{b}"))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Splits an id received from a client (`Last-Event-ID`) into its two numbers, if it is one
-    /// of ours. Anything else, however malformed, is simply `None`.
-    pub fn parse_pair(text: &str) -> Option<(u64, u64)> {
-        let (a, b) = text.split_once('-')?;
-        let digits =
-            |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|c| c.is_ascii_digit());
-        if !digits(a) || !digits(b) {
-            return None;
-        }
-        Some((a.parse().ok()?, b.parse().ok()?))
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Encodes one event: optional `id:`, optional `event:`, then one `data:` line per line of
 /// `data`, then the blank line that dispatches it.
@@ -199,33 +127,5 @@ mod tests {
             text(encode_event(None, None, body)),
             format!("data: {body}\n\n")
         );
-    }
-
-    #[test]
-    fn event_names_are_allow_listed() {
-        assert!(EventName::parse("notification").is_ok());
-        assert!(EventName::parse("a.b-c_D9").is_ok());
-        assert!(EventName::parse(&"x".repeat(64)).is_ok());
-        for bad in ["", "a b", "a\nb", "a:b", "ümlaut", &"x".repeat(65)] {
-            assert!(EventName::parse(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn id_pairs_parse_strictly() {
-        assert_eq!(EventId::parse_pair("1-2"), Some((1, 2)));
-        assert_eq!(EventId::pair(3, 4).as_str(), "3-4");
-        for bad in [
-            "",
-            "1",
-            "1-",
-            "-1",
-            "a-1",
-            "1-2-3",
-            "1 -2",
-            "99999999999999999999999-1",
-        ] {
-            assert_eq!(EventId::parse_pair(bad), None, "{bad:?}");
-        }
     }
 }

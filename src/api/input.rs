@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, header, request::Parts};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::error::{AppError, Result};
+use crate::domain::Username;
 
 /// The decoded query string, kept as pairs so repeated parameters can be refused.
 #[derive(Debug, Default)]
@@ -60,40 +61,6 @@ impl Query {
     }
 }
 
-/// A user name: 1–128 characters of ASCII letters, digits, `-`, `_`, `.` and `@`.
-/// The same rule holds for HTTP and Kafka, so a name can never carry a line break or `:`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Username(String);
-
-impl Username {
-    /// Longest accepted name.
-    pub const MAX_LEN: usize = 128;
-
-    /// Validates a name; the error message is fit for a client.
-    pub fn parse(name: &str) -> std::result::Result<Self, String> {
-        if name.is_empty() || name.len() > Self::MAX_LEN {
-            return Err(format!(
-                "username must be 1-{} characters long",
-                Self::MAX_LEN
-            ));
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
-        {
-            return Err(
-                "username may contain only letters, digits, '-', '_', '.' and '@'".to_owned(),
-            );
-        }
-        Ok(Self(name.to_owned()))
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 /// Reads a non-empty UTF-8 text body of at most `limit` bytes. A body announced larger than
 /// the limit is refused before it is read; one that turns out larger stops being read at the
 /// limit. Either way 413.
@@ -132,31 +99,6 @@ pub async fn text_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn usernames() {
-        for ok in [
-            "demo",
-            "a",
-            "john.doe@example.com",
-            "A-Z_0.9",
-            &"x".repeat(128),
-        ] {
-            assert!(Username::parse(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "a b",
-            "a\nb",
-            "a:b",
-            "a/b",
-            "ü",
-            "a%0Ab",
-            &"x".repeat(129),
-        ] {
-            assert!(Username::parse(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn repeated_parameters_are_refused() {

@@ -21,7 +21,8 @@ use tower_http::services::ServeDir;
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::hub::{Channel, Hub};
+use crate::domain::Channel;
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::reports::ReportStore;
 use error::AppError;

@@ -16,8 +16,7 @@ use super::error::{AppError, Result};
 use super::input::{Query, text_body};
 use super::{AppState, ConnectionKill};
 use crate::bus::{Delivery, Message};
-use crate::hub::Channel;
-use crate::sse::EventName;
+use crate::domain::{Channel, EventName};
 
 /// Routes of a push channel.
 pub fn router(channel: Channel) -> Router<AppState> {

@@ -17,7 +17,7 @@ use super::AppState;
 use super::error::Result;
 use super::input::Query;
 use super::push::event_stream_response;
-use crate::hub::Channel;
+use crate::domain::Channel;
 use crate::metrics::Metrics;
 use crate::sse;
 

@@ -32,9 +32,8 @@ use super::input::{Query, text_body};
 use super::push::{event_stream_response, last_event_id};
 use super::{AppState, ConnectionKill};
 use crate::bus::Message;
-use crate::hub::Channel;
-use crate::reports::{Report, ReportId, ReportStatus, StoreError, TransitionError, UserId};
-use crate::sse::EventName;
+use crate::domain::{Channel, EventName, ReportId, UserId};
+use crate::reports::{Report, ReportStatus, StoreError, TransitionError};
 
 /// Event type sent to a user's streams when one of their reports was created.
 pub const REPORT_CREATED: &str = "report_created";

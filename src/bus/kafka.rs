@@ -33,10 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Bus, BusError, BusHealth, Delivery, Message};
-use crate::api::input::Username;
-use crate::hub::{Channel, Hub};
+use crate::domain::{Channel, EventId, EventName, Username};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::sse::{EventId, EventName};
 
 /// Settings of the Kafka bus.
 #[derive(Debug, Clone)]

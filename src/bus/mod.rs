@@ -9,8 +9,8 @@ pub mod kafka;
 
 use async_trait::async_trait;
 
-use crate::hub::{Channel, Hub};
-use crate::sse::{EventId, EventName};
+use crate::domain::{Channel, EventId, EventName};
+use crate::hub::Hub;
 
 /// One message for one user's streams on one channel.
 #[derive(Debug, Clone)]

@@ -20,9 +20,10 @@ use uuid::Uuid;
 
 use super::status::ReportStatus;
 use super::store::{
-    ConditionalStatusWrite, Report, ReportId, ReportStore, StoreError, TransitionError, UserId,
-    timestamp, transition_checked,
+    ConditionalStatusWrite, Report, ReportStore, StoreError, TransitionError, timestamp,
+    transition_checked,
 };
+use crate::domain::{ReportId, UserId};
 
 /// Name of the global secondary index on `user_id` used by `list`.
 pub const USER_INDEX: &str = "UserIdIndex";

@@ -9,7 +9,8 @@ pub mod sqlite;
 pub mod status;
 pub mod store;
 
+pub use crate::domain::{ReportId, UserId};
 pub use dynamodb::{DynamoConfig, DynamoStore, InitOutcome};
 pub use sqlite::SqliteStore;
 pub use status::{ReportStatus, UnknownStatus};
-pub use store::{Report, ReportId, ReportStore, StoreError, TransitionError, UserId};
+pub use store::{Report, ReportStore, StoreError, TransitionError};

@@ -9,9 +9,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::status::ReportStatus;
 use super::store::{
-    ConditionalStatusWrite, Report, ReportId, ReportStore, StoreError, TransitionError, UserId,
-    timestamp, transition_checked,
+    ConditionalStatusWrite, Report, ReportStore, StoreError, TransitionError, timestamp,
+    transition_checked,
 };
+use crate::domain::{ReportId, UserId};
 
 /// How long a statement waits for a lock held by another connection (another process on
 /// the same file) before failing with `Unavailable`.

@@ -1,65 +1,14 @@
 //! The `ReportStore` trait every backend implements, its ids, its `Report` record and its errors.
 
-use std::fmt;
-use std::str::FromStr;
-
+use super::status::ReportStatus;
+use crate::domain::{ReportId, UserId};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use uuid::Uuid;
-
-use super::status::ReportStatus;
 
 /// How many times `transition` re-reads and retries after losing a race while the
 /// transition is still valid (a lost race with an invalid outcome answers at once).
 pub const MAX_TRANSITION_ATTEMPTS: usize = 3;
-
-macro_rules! uuid_newtype {
-    ($(#[$meta:meta])* $name:ident) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub Uuid);
-
-        impl $name {
-            /// A fresh random (v4) id.
-            pub fn new_v4() -> Self {
-                Self(Uuid::new_v4())
-            }
-        }
-
-        impl fmt::Display for $name {
-            /// Lowercase hyphenated form, as stored.
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0.hyphenated(), f)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = uuid::Error;
-
-            /// Parses any UUID form the `uuid` crate accepts; fails on anything else.
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s).map(Self)
-            }
-        }
-
-        impl From<Uuid> for $name {
-            fn from(id: Uuid) -> Self {
-                Self(id)
-            }
-        }
-    };
-}
-
-uuid_newtype!(
-    /// The owner of reports (serialized as a bare UUID string).
-    UserId
-);
-uuid_newtype!(
-    /// A report's id (serialized as a bare UUID string).
-    ReportId
-);
 
 /// One report's status record, as stored and as sent to clients.
 ///

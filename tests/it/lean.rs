@@ -1,4 +1,4 @@
-//! The lean SSE path (`src/lean.rs`): same responses as the router through hyper, chunked
+//! The lean SSE path (`src/net/lean.rs`): same responses as the router through hyper, chunked
 //! framing a real parser accepts, replay, keep-alive after a lean response, and every request
 //! it does not take (pipelined, with a body, split, other methods) still served by hyper.
 

@@ -1,5 +1,5 @@
-//! The Hub: THE registry of open SSE connections per (channel, user), their bounded queues and
-//! each user's replay history. Only this file touches the map.
+//! The Hub: THE registry of open SSE connections per (channel, user), their bounded queues
+//! ([`queue`]) and each user's replay history ([`history`]). Only this file touches the map.
 //!
 //! Policies, in one place:
 //! - **Many connections per user.** Every open stream of a user (tabs, devices) gets every message.
@@ -15,57 +15,27 @@
 //!   `history_max_bytes`. Ids are `"{boot}-{seq}"` with one sequence per process, so an id from
 //!   an earlier process run is never mistaken for one of ours.
 
-use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::hash::{BuildHasher, Hash};
-use std::pin::Pin;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod history;
+mod queue;
+
+pub use queue::Subscription;
+
+use history::History;
+use queue::{Conn, Push};
+
+use crate::domain::{Channel, EventId, EventName};
 use crate::metrics::Metrics;
-use crate::sse::{self, EventId, EventName};
-
-/// A family of routes with its own users: a v2 POST never reaches a v3 stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Channel {
-    /// `/v1`: the timer demo (counted in metrics only, not registered in the Hub).
-    V1,
-    /// `/v2`: per-user push over HTTP.
-    V2,
-    /// `/v3`: like v2, plus Kafka.
-    V3,
-    /// `/v4`: report status events.
-    V4,
-}
-
-impl Channel {
-    /// Number of channels.
-    pub const COUNT: usize = 4;
-    /// Every channel, in order.
-    pub const ALL: [Channel; Self::COUNT] = [Channel::V1, Channel::V2, Channel::V3, Channel::V4];
-
-    /// Position in per-channel arrays.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The channel's name as used in routes and metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::V1 => "v1",
-            Channel::V2 => "v2",
-            Channel::V3 => "v3",
-            Channel::V4 => "v4",
-        }
-    }
-}
+use crate::sse;
 
 /// Limits of the Hub, from the server configuration.
 #[derive(Clone, Debug)]
@@ -97,8 +67,6 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
-/// Memory accounted per history entry on top of its frame bytes.
-const ENTRY_OVERHEAD: usize = 64;
 const SHARDS: usize = 16;
 
 struct Inner {
@@ -131,89 +99,16 @@ impl Shard {
     }
 }
 
+/// Everything the Hub holds for one (channel, user).
 struct Topic {
     conns: Vec<Arc<Conn>>,
-    history: VecDeque<Entry>,
-    /// Every message of this topic with a sequence number above `floor` is in `history`.
-    floor: u64,
+    history: History,
     last_active: Instant,
-}
-
-struct Entry {
-    /// Local sequence number (also for messages with a Kafka id: it orders the history).
-    seq: u64,
-    id: EventId,
-    frame: Bytes,
-}
-
-/// One open SSE response.
-struct Conn {
-    channel: Channel,
-    /// A std `Mutex`: pushed to by publishers (sync), popped by the response body (sync poll).
-    state: Mutex<ConnState>,
-    /// Closes the whole TCP connection, so a client that stopped reading is really let go.
-    kill: Option<CancellationToken>,
-}
-
-struct ConnState {
-    items: VecDeque<Bytes>,
-    waker: Option<Waker>,
-    closed: bool,
-    /// Whether anything was queued since the last keep-alive tick.
-    active: bool,
-}
-
-enum Push {
-    Queued,
-    Overflow,
-    Closed,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // No code path panics while holding these locks; recover the data if one ever did.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Conn {
-    fn push(&self, frame: Bytes, cap: usize, activity: bool) -> Push {
-        let waker = {
-            let mut st = lock(&self.state);
-            if st.closed {
-                return Push::Closed;
-            }
-            if st.items.len() >= cap {
-                st.closed = true;
-                st.items = VecDeque::new();
-                let waker = st.waker.take();
-                drop(st);
-                if let Some(kill) = &self.kill {
-                    kill.cancel();
-                }
-                if let Some(w) = waker {
-                    w.wake();
-                }
-                return Push::Overflow;
-            }
-            st.items.push_back(frame);
-            st.active |= activity;
-            st.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-        Push::Queued
-    }
-
-    fn close(&self) {
-        let waker = {
-            let mut st = lock(&self.state);
-            st.closed = true;
-            st.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
 }
 
 impl Hub {
@@ -261,16 +156,7 @@ impl Hub {
     ) -> Subscription {
         let inner = &self.inner;
         let mut first = BytesMut::from(&sse::preamble(inner.cfg.retry.as_millis() as u64)[..]);
-        let conn = Arc::new(Conn {
-            channel,
-            state: Mutex::new(ConnState {
-                items: VecDeque::new(),
-                waker: None,
-                closed: false,
-                active: true,
-            }),
-            kill,
-        });
+        let conn = Arc::new(Conn::new(channel, kill));
         let shard = self.shard_of(channel, user);
         {
             let mut guard = lock(&inner.shards[shard]);
@@ -281,7 +167,7 @@ impl Hub {
                 .or_insert_with(|| Topic::new(current));
             topic.last_active = now;
             if let Some(last) = last_event_id.filter(|s| !s.is_empty()) {
-                match topic.missed_since(last, inner.boot, current) {
+                match topic.history.missed_since(last, inner.boot, current) {
                     Some(missed) => {
                         if !missed.is_empty() {
                             inner.metrics.replays.add(channel, 1);
@@ -306,20 +192,11 @@ impl Hub {
                     }
                 }
             }
-            {
-                let mut st = lock(&conn.state);
-                st.items.push_back(first.freeze());
-                st.closed = inner.closed.load(Ordering::Acquire);
-            }
+            conn.start(first.freeze(), inner.closed.load(Ordering::Acquire));
             topic.conns.push(conn.clone());
         }
         inner.metrics.connection_opened(channel);
-        Subscription {
-            hub: self.inner.clone(),
-            conn,
-            user: user.into(),
-            shard,
-        }
+        Subscription::new(self.inner.clone(), conn, user.into(), shard)
     }
 
     /// Sends a message to every open stream of `user` on `channel` and keeps it for replay.
@@ -363,7 +240,7 @@ impl Hub {
         let topic = guard.topics[channel.index()]
             .entry(user.into())
             .or_insert_with(|| Topic::new(current));
-        if topic.history.iter().any(|e| e.id == id) {
+        if topic.history.contains(&id) {
             return Published {
                 delivered: 0,
                 id: Some(id),
@@ -399,15 +276,10 @@ impl Hub {
             for topic in guard.topics_mut() {
                 let metrics = &self.inner.metrics;
                 topic.conns.retain(|conn| {
-                    let idle = {
-                        let mut st = lock(&conn.state);
-                        if st.closed {
-                            return false;
-                        }
-                        !std::mem::replace(&mut st.active, false)
-                    };
-                    if !idle {
-                        return true;
+                    match conn.take_activity() {
+                        None => return false,
+                        Some(true) => return true,
+                        Some(false) => {}
                     }
                     // A keep-alive is not activity: the next tick sends another one.
                     match conn.push(keep_alive.clone(), cap, false) {
@@ -435,8 +307,7 @@ impl Hub {
                     let keep = !topic.conns.is_empty()
                         || now.duration_since(topic.last_active) < inner.cfg.history_ttl;
                     if !keep {
-                        let bytes: usize = topic.history.iter().map(Entry::cost).sum();
-                        inner.release_history(bytes);
+                        inner.release_history(topic.history.cost());
                     }
                     keep
                 });
@@ -505,42 +376,13 @@ impl Hub {
     }
 }
 
-impl Entry {
-    fn cost(&self) -> usize {
-        self.frame.len() + ENTRY_OVERHEAD
-    }
-}
-
 impl Topic {
     fn new(floor: u64) -> Self {
         Topic {
             conns: Vec::new(),
-            history: VecDeque::new(),
-            floor,
+            history: History::new(floor),
             last_active: Instant::now(),
         }
-    }
-
-    /// The frames published after `last`, or `None` when they are not all known any more.
-    ///
-    /// An id this process gave out (`{boot}-{seq}`) is a position: everything of this user
-    /// after it is known while it is not older than the history's floor. Any other id (a Kafka
-    /// position, given by every instance alike) must still be in the history.
-    fn missed_since(&self, last: &str, boot: u64, current: u64) -> Option<Vec<Bytes>> {
-        let after = |seq: u64| {
-            self.history
-                .iter()
-                .filter(|e| e.seq > seq)
-                .map(|e| e.frame.clone())
-                .collect()
-        };
-        if let Some((b, seq)) = EventId::parse_pair(last)
-            && b == boot
-        {
-            return (seq >= self.floor && seq <= current).then(|| after(seq));
-        }
-        let entry = self.history.iter().find(|e| e.id.as_str() == last)?;
-        Some(after(entry.seq))
     }
 }
 
@@ -578,13 +420,7 @@ impl Inner {
         metrics.delivered.add(channel, delivered as u64);
         topic.last_active = Instant::now();
 
-        let entry = Entry {
-            seq,
-            id: id.clone(),
-            frame,
-        };
-        self.account_history(entry.cost());
-        topic.history.push_back(entry);
+        self.account_history(topic.history.push(seq, id.clone(), frame));
         while topic.history.len() > self.cfg.history_size {
             self.evict_oldest(topic);
         }
@@ -601,10 +437,9 @@ impl Inner {
     }
 
     fn evict_oldest(&self, topic: &mut Topic) -> bool {
-        match topic.history.pop_front() {
-            Some(old) => {
-                topic.floor = old.seq;
-                self.release_history(old.cost());
+        match topic.history.pop_oldest() {
+            Some(cost) => {
+                self.release_history(cost);
                 self.metrics
                     .history_evictions
                     .fetch_add(1, Ordering::Relaxed);
@@ -612,6 +447,19 @@ impl Inner {
             }
             None => false,
         }
+    }
+
+    /// Removes exactly `conn` from its topic; called when its [`Subscription`] is dropped.
+    fn unregister(&self, shard: usize, user: &str, conn: &Arc<Conn>) {
+        let channel = conn.channel;
+        {
+            let mut guard = lock(&self.shards[shard]);
+            if let Some(topic) = guard.topics[channel.index()].get_mut(user) {
+                topic.conns.retain(|c| !Arc::ptr_eq(c, conn));
+                topic.last_active = Instant::now();
+            }
+        }
+        self.metrics.connection_closed(channel);
     }
 
     fn account_history(&self, bytes: usize) {
@@ -626,60 +474,6 @@ impl Inner {
         self.metrics
             .history_bytes
             .fetch_sub(bytes as i64, Ordering::Relaxed);
-    }
-}
-
-/// One open stream, used as the HTTP response body. Dropping it (client gone, shutdown,
-/// overflow) unregisters exactly this connection.
-pub struct Subscription {
-    hub: Arc<Inner>,
-    conn: Arc<Conn>,
-    user: Box<str>,
-    shard: usize,
-}
-
-impl Body for Subscription {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let mut st = lock(&self.conn.state);
-        if let Some(frame) = st.items.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(frame))));
-        }
-        if st.closed {
-            return Poll::Ready(None);
-        }
-        match &st.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => st.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        false
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let channel = self.conn.channel;
-        {
-            let mut guard = lock(&self.hub.shards[self.shard]);
-            if let Some(topic) = guard.topics[channel.index()].get_mut(&*self.user) {
-                topic.conns.retain(|c| !Arc::ptr_eq(c, &self.conn));
-                topic.last_active = Instant::now();
-            }
-        }
-        self.hub.metrics.connection_closed(channel);
     }
 }
 

@@ -1,0 +1,117 @@
+//! The transport: the accept loop, serving each TCP connection (the [`lean`] HTTP/1.1 SSE path
+//! first, [`hyper_conn`] for everything else) and closing connections at shutdown.
+//!
+//! The accept loop is our own (hyper-util) rather than `axum::serve` so that each connection
+//! carries a [`ConnectionKill`] token: the Hub fires it to drop a client that stopped reading,
+//! and shutdown fires all of them when the grace period is over. It also lets SSE
+//! subscriptions take the [`lean`] path, which keeps an idle stream's memory small.
+//!
+//! [`ConnectionKill`]: crate::api::ConnectionKill
+
+pub mod hyper_conn;
+pub mod lean;
+
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Listen backlog: deep enough for bursts of thousands of connects (the kernel caps it at
+/// `net.core.somaxconn`). Tokio's default of 1024 overflowed under such bursts, and each
+/// dropped SYN costs the client a one-second retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// How long a client may take to send a request head.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Binds a listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as std does).
+///
+/// Fails when the address cannot be bound (in use, not local, no permission).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accepts connections on `listener` and serves them with `app` until `stop` is cancelled.
+/// Then it stops accepting, lets responses in flight complete (connections close once they
+/// are idle) and, after `grace`, closes whatever is still open.
+///
+/// Whoever cancels `stop` also ends the open streams (the Hub's `close_all`); this loop only
+/// handles connections.
+pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, grace: Duration) {
+    let connections = TaskTracker::new();
+    // Cancelled when the grace period is over: every connection still open is dropped.
+    let hard_stop = CancellationToken::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(serve_connection(stream, app.clone(), stop.clone(), hard_stop.child_token()));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        open = connections.len(),
+        "shutting down: ending streams and closing connections"
+    );
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "grace period over, closing remaining connections"
+        );
+        hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
+    }
+}
+
+/// Serves one TCP connection: SSE subscriptions on the [`lean`] path while the requests are
+/// plain SSE GETs, then (for anything else) hyper on the same, unconsumed socket.
+async fn serve_connection(
+    mut stream: TcpStream,
+    app: Router,
+    stop: CancellationToken,
+    kill: CancellationToken,
+) {
+    loop {
+        let peeked = tokio::select! {
+            peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, lean::peek(&stream)) => match peeked {
+                Ok(peeked) => peeked,
+                Err(_) => return,
+            },
+            _ = kill.cancelled() => return,
+            // Idle at shutdown (no request yet): close, as hyper's graceful shutdown would.
+            _ = stop.cancelled() => return,
+        };
+        match peeked {
+            lean::Peeked::Closed => return,
+            lean::Peeked::Hyper => break,
+            lean::Peeked::Sse(request) => {
+                if lean::serve(&mut stream, request, &app, &stop, &kill).await == lean::After::Close
+                {
+                    return;
+                }
+            }
+        }
+    }
+    hyper_conn::serve(stream, app, stop, kill).await;
+}
