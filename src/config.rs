@@ -72,6 +72,11 @@ pub struct Config {
     #[arg(long, env = "SSE_QUEUE_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub queue_size: u32,
 
+    /// Bytes a connection may have waiting (replayed history included); over it the connection
+    /// is closed as a slow consumer, and a replay that would not fit gets `event: reset`.
+    #[arg(long, env = "SSE_QUEUE_MAX_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1u64 << 32)))]
+    pub queue_max_bytes: u64,
+
     /// Messages kept per user and channel for replay to reconnecting clients.
     #[arg(long, env = "SSE_HISTORY_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub history_size: u32,

@@ -31,6 +31,7 @@ pub async fn run(
     let hub = Hub::new(
         HubConfig {
             queue_size: config.queue_size as usize,
+            queue_max_bytes: config.queue_max_bytes as usize,
             history_size: config.history_size as usize,
             history_max_bytes: config.history_max_bytes,
             history_ttl: config.history_ttl,

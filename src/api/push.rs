@@ -1,5 +1,5 @@
 //! Per-user push routes of `/v2` and `/v3`: `GET /sse?username=`,
-//! `POST /message?username=[&event=]`, and on v2 `POST /broadcast[?event=]`.
+//! `POST /message?username=[&event=]`, and on v2 only `POST /broadcast[?event=]`.
 //!
 //! Publishes go through the Bus: in-process for v2 (and v3 without Kafka), through the Kafka
 //! topic for v3 when Kafka is on, so the message reaches the user on every instance.
@@ -18,9 +18,10 @@ use super::{AppState, ConnectionKill};
 use crate::bus::{Delivery, Message};
 use crate::domain::{Channel, EventName};
 
-/// Routes of a push channel.
+/// Routes of a push channel. Only v2 has `/broadcast`: it reaches this instance's users, which
+/// on v3 (whose messages go through Kafka to every instance) would be a silent half-delivery.
 pub fn router(channel: Channel) -> Router<AppState> {
-    Router::new()
+    let router = Router::new()
         .route(
             "/sse",
             get(move |state, query, headers, kill| subscribe(state, query, headers, kill, channel)),
@@ -28,13 +29,14 @@ pub fn router(channel: Channel) -> Router<AppState> {
         .route(
             "/message",
             post(move |state, query, headers, body| message(state, query, headers, body, channel)),
-        )
-        .route(
-            "/broadcast",
-            post(move |state, query, headers, body| {
-                broadcast(state, query, headers, body, channel)
-            }),
-        )
+        );
+    if channel != Channel::V2 {
+        return router;
+    }
+    router.route(
+        "/broadcast",
+        post(move |state, query, headers, body| broadcast(state, query, headers, body, channel)),
+    )
 }
 
 /// A `200 text/event-stream` response around `body`, uncompressed and unbuffered.
@@ -134,6 +136,10 @@ async fn broadcast(
 ) -> Result<Response> {
     let event = event_name(&query)?;
     let text = text_body(&headers, body, state.config.max_body_bytes).await?;
-    let delivered = state.hub.broadcast(channel, event.as_ref(), &text);
-    Ok((StatusCode::OK, Json(json!({ "delivered": delivered }))).into_response())
+    let (delivered, id) = state.hub.broadcast(channel, event.as_ref(), &text).await;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "delivered": delivered, "id": id.as_str() })),
+    )
+        .into_response())
 }

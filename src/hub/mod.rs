@@ -5,23 +5,36 @@
 //! - **Many connections per user.** Every open stream of a user (tabs, devices) gets every message.
 //!   A [`Subscription`] unregisters exactly its own connection when it is dropped.
 //! - **A publish never waits for a connection.** Each connection has a queue of at most
-//!   `queue_size` frames. Pushing is a non-blocking append under a short lock; a connection whose
-//!   queue is full is closed at once (its TCP connection too, through its kill token), counted as
-//!   a slow consumer, and its queued frames are freed. The client resumes with `Last-Event-ID`.
-//! - **Encode once, share the bytes.** A message becomes one [`Bytes`] frame per user, cloned (a
-//!   reference count) into each of that user's queues and into the history.
+//!   `queue_size` live frames and `queue_max_bytes` bytes. Pushing is a non-blocking append
+//!   under a short lock; a connection whose queue is full is closed at once (its TCP connection
+//!   too, through its kill token), counted as a slow consumer, and its queued frames are freed.
+//!   The client resumes with `Last-Event-ID`.
+//! - **Encode once, share the bytes.** A message becomes one [`Bytes`] frame, cloned (a
+//!   reference count) into each queue and into the history; a broadcast is one frame for every
+//!   user, and a replay queues the history's own frames. Nothing is copied per connection.
 //! - **Replay.** Each (channel, user) keeps its last `history_size` frames while it has a
-//!   connection or was active within `history_ttl`; all histories together are held within
-//!   `history_max_bytes`. Ids are `"{boot}-{seq}"` with one sequence per process, so an id from
-//!   an earlier process run is never mistaken for one of ours.
+//!   connection or was active within `history_ttl`. All histories together never hold more than
+//!   `history_max_bytes` (checked at every insertion: a user's own oldest frames go first, and a
+//!   frame that still does not fit is not kept, so resuming before it gets `event: reset`). A
+//!   replay larger than `queue_max_bytes` is refused with `event: reset` too. Ids are
+//!   `"{boot}-{seq}"` with one sequence per process, so an id from an earlier process run is
+//!   never mistaken for one of ours.
+//! - **Bounded per-user state.** An entry exists only while its user has a connection or a
+//!   history: the last connection of a user without history frees it at once. So the entries
+//!   number at most the open connections plus what the history budget can hold (each entry
+//!   with history is charged [`history::TOPIC_OVERHEAD`] bytes of that budget).
+//! - **No long walks under a lock.** The registry is split in [`SHARDS`] shards; broadcasts,
+//!   keep-alive ticks and sweeps take one shard at a time, and broadcasts yield to the scheduler
+//!   between shards. Gauges for `/metrics` are counters, read without any lock.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry as MapEntry;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -40,8 +53,11 @@ use crate::sse;
 /// Limits of the Hub, from the server configuration.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
-    /// Frames a connection may have waiting before it is closed as a slow consumer.
+    /// Live frames a connection may have waiting before it is closed as a slow consumer.
     pub queue_size: usize,
+    /// Bytes a connection may have waiting (replay included) before it is closed as a slow
+    /// consumer; a replay that would not fit gets `event: reset` instead.
+    pub queue_max_bytes: usize,
     /// Messages kept per (channel, user) for replay.
     pub history_size: usize,
     /// Bytes all histories together may hold.
@@ -67,7 +83,11 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
-const SHARDS: usize = 16;
+/// Shards of the registry: a broadcast, tick or sweep holds one shard's lock at a time.
+const SHARDS: usize = 64;
+
+/// History entries a sweep evicts per shard lock when trimming towards the low watermark.
+const SWEEP_EVICTIONS_PER_LOCK: usize = 1024;
 
 struct Inner {
     /// The registry, split in shards by key hash so unrelated users rarely contend. A std
@@ -78,8 +98,13 @@ struct Inner {
     boot: u64,
     /// Last assigned sequence number; one sequence for all users so `(boot, seq)` is unique.
     seq: AtomicU64,
-    /// Bytes accounted to all histories (frames plus [`ENTRY_OVERHEAD`] each).
+    /// Bytes charged to all histories (see [`History`]); never above `history_max_bytes`.
     history_bytes: AtomicUsize,
+    /// Connections in the registry now (an atomic so `/metrics` reads it without a lock): a
+    /// connection closed as a slow consumer leaves the registry before its response ends.
+    registered: AtomicUsize,
+    /// (channel, user) entries now.
+    entries: AtomicUsize,
     /// Set once by [`Hub::close_all`]; new subscriptions end at once afterwards.
     closed: AtomicBool,
     cfg: HubConfig,
@@ -111,6 +136,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+const RESET_GONE: &str =
+    r#"{"reason":"the messages since Last-Event-ID are no longer available; resync"}"#;
+const RESET_TOO_LARGE: &str =
+    r#"{"reason":"the messages since Last-Event-ID are too many to replay; resync"}"#;
+
 impl Hub {
     /// A new, empty Hub.
     pub fn new(cfg: HubConfig, metrics: Arc<Metrics>) -> Self {
@@ -125,6 +155,8 @@ impl Hub {
                 boot,
                 seq: AtomicU64::new(0),
                 history_bytes: AtomicUsize::new(0),
+                registered: AtomicUsize::new(0),
+                entries: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 cfg,
                 metrics,
@@ -144,9 +176,10 @@ impl Hub {
     /// Opens a stream for `user` on `channel`.
     ///
     /// The stream starts with a `retry:` hint and a comment; with a `last_event_id` it then
-    /// replays, in order, the messages published after that id, or sends `event: reset` when
-    /// they are not all in the history any more. Registration and replay happen under one lock,
-    /// so nothing is lost or sent twice between replay and live delivery.
+    /// replays, in order, the messages published after that id (the history's own frames), or
+    /// sends `event: reset` when they are not all in the history any more or would not fit the
+    /// connection's queue. Registration and replay happen under one lock, so nothing is lost or
+    /// sent twice between replay and live delivery.
     pub fn subscribe(
         &self,
         channel: Channel,
@@ -155,46 +188,48 @@ impl Hub {
         kill: Option<CancellationToken>,
     ) -> Subscription {
         let inner = &self.inner;
-        let mut first = BytesMut::from(&sse::preamble(inner.cfg.retry.as_millis() as u64)[..]);
+        let preamble = sse::preamble(inner.cfg.retry.as_millis() as u64);
         let conn = Arc::new(Conn::new(channel, kill));
         let shard = self.shard_of(channel, user);
         {
             let mut guard = lock(&inner.shards[shard]);
-            let now = Instant::now();
             let current = inner.seq.load(Ordering::Relaxed);
-            let topic = guard.topics[channel.index()]
-                .entry(user.into())
-                .or_insert_with(|| Topic::new(current));
-            topic.last_active = now;
+            let topic = inner.entry(&mut guard, channel, user, current);
+            topic.last_active = Instant::now();
+            let mut replay = Vec::new();
+            let mut reset = None;
             if let Some(last) = last_event_id.filter(|s| !s.is_empty()) {
                 match topic.history.missed_since(last, inner.boot, current) {
                     Some(missed) => {
-                        if !missed.is_empty() {
-                            inner.metrics.replays.add(channel, 1);
-                            inner
-                                .metrics
-                                .replayed_messages
-                                .add(channel, missed.len() as u64);
-                        }
-                        for frame in missed {
-                            first.put_slice(&frame);
+                        let bytes: usize = missed.iter().map(Bytes::len).sum();
+                        if bytes + preamble.len() > inner.cfg.queue_max_bytes {
+                            reset = Some(RESET_TOO_LARGE);
+                        } else {
+                            replay = missed;
                         }
                     }
-                    None => {
-                        inner.metrics.resets.add(channel, 1);
-                        let id = EventId::pair(inner.boot, current);
-                        let reset = EventName::parse(sse::RESET_EVENT).ok();
-                        first.put_slice(&sse::encode_event(
-                            Some(&id),
-                            reset.as_ref(),
-                            r#"{"reason":"the messages since Last-Event-ID are no longer available; resync"}"#,
-                        ));
-                    }
+                    None => reset = Some(RESET_GONE),
                 }
             }
-            conn.start(first.freeze(), inner.closed.load(Ordering::Acquire));
+            if !replay.is_empty() {
+                inner.metrics.replays.add(channel, 1);
+                inner
+                    .metrics
+                    .replayed_messages
+                    .add(channel, replay.len() as u64);
+            }
+            let mut first = vec![preamble];
+            if let Some(reason) = reset {
+                inner.metrics.resets.add(channel, 1);
+                let id = EventId::pair(inner.boot, current);
+                let name = EventName::parse(sse::RESET_EVENT).ok();
+                first.push(sse::encode_event(Some(&id), name.as_ref(), reason));
+            }
+            first.append(&mut replay);
+            conn.start(first, inner.closed.load(Ordering::Acquire));
             topic.conns.push(conn.clone());
         }
+        inner.registered.fetch_add(1, Ordering::Relaxed);
         inner.metrics.connection_opened(channel);
         Subscription::new(self.inner.clone(), conn, user.into(), shard)
     }
@@ -212,7 +247,16 @@ impl Hub {
         let shard = self.shard_of(channel, user);
         let mut guard = lock(&self.inner.shards[shard]);
         match guard.topics[channel.index()].get_mut(user) {
-            Some(topic) => self.inner.deliver(topic, channel, event, data, None),
+            Some(topic) => {
+                let seq = self.inner.next_seq();
+                let id = EventId::pair(self.inner.boot, seq);
+                let frame = sse::encode_event(Some(&id), event, data);
+                let delivered = self.inner.deliver(topic, channel, seq, &id, &frame);
+                Published {
+                    delivered,
+                    id: Some(id),
+                }
+            }
             None => Published {
                 delivered: 0,
                 id: None,
@@ -234,69 +278,93 @@ impl Hub {
         id: EventId,
     ) -> Published {
         self.inner.metrics.published.add(channel, 1);
+        let inner = &self.inner;
         let shard = self.shard_of(channel, user);
-        let mut guard = lock(&self.inner.shards[shard]);
-        let current = self.inner.seq.load(Ordering::Relaxed);
-        let topic = guard.topics[channel.index()]
-            .entry(user.into())
-            .or_insert_with(|| Topic::new(current));
+        let mut guard = lock(&inner.shards[shard]);
+        let current = inner.seq.load(Ordering::Relaxed);
+        let topic = inner.entry(&mut guard, channel, user, current);
         if topic.history.contains(&id) {
             return Published {
                 delivered: 0,
                 id: Some(id),
             };
         }
-        self.inner.deliver(topic, channel, event, data, Some(id))
+        let seq = inner.next_seq();
+        let frame = sse::encode_event(Some(&id), event, data);
+        let delivered = inner.deliver(topic, channel, seq, &id, &frame);
+        inner.free_if_unused(&mut guard, channel, user);
+        Published {
+            delivered,
+            id: Some(id),
+        }
     }
 
     /// Sends a message to every user of `channel` that has a stream open or a live history.
-    /// Returns the number of connections reached.
-    pub fn broadcast(&self, channel: Channel, event: Option<&EventName>, data: &str) -> usize {
-        self.inner.metrics.published.add(channel, 1);
+    /// The frame is encoded once, with one id for every user, and delivered one shard at a
+    /// time, yielding to the scheduler in between so other requests are served meanwhile.
+    /// Returns the number of connections reached and the id.
+    pub async fn broadcast(
+        &self,
+        channel: Channel,
+        event: Option<&EventName>,
+        data: &str,
+    ) -> (usize, EventId) {
+        let inner = &self.inner;
+        inner.metrics.published.add(channel, 1);
+        let seq = inner.next_seq();
+        let id = EventId::pair(inner.boot, seq);
+        let frame = sse::encode_event(Some(&id), event, data);
         let mut delivered = 0;
-        for shard in self.inner.shards.iter() {
-            let mut guard = lock(shard);
-            for topic in guard.topics[channel.index()].values_mut() {
-                delivered += self
-                    .inner
-                    .deliver(topic, channel, event, data, None)
-                    .delivered;
+        for shard in inner.shards.iter() {
+            {
+                let mut guard = lock(shard);
+                for topic in guard.topics[channel.index()].values_mut() {
+                    delivered += inner.deliver(topic, channel, seq, &id, &frame);
+                }
             }
+            tokio::task::yield_now().await;
         }
-        delivered
+        (delivered, id)
     }
 
     /// Queues a keep-alive comment to every connection that was sent nothing since the last
     /// call. Called periodically by [`Hub::run_maintenance`].
     pub fn keep_alive_tick(&self) {
         let keep_alive = Bytes::from_static(sse::KEEP_ALIVE);
-        let cap = self.inner.cfg.queue_size;
+        let (cap, max_bytes) = (self.inner.cfg.queue_size, self.inner.cfg.queue_max_bytes);
         for shard in self.inner.shards.iter() {
             let mut guard = lock(shard);
             for topic in guard.topics_mut() {
                 let metrics = &self.inner.metrics;
+                let registered = &self.inner.registered;
                 topic.conns.retain(|conn| {
+                    let gone = || {
+                        registered.fetch_sub(1, Ordering::Relaxed);
+                        false
+                    };
                     match conn.take_activity() {
-                        None => return false,
+                        None => return gone(),
                         Some(true) => return true,
                         Some(false) => {}
                     }
                     // A keep-alive is not activity: the next tick sends another one.
-                    match conn.push(keep_alive.clone(), cap, false) {
+                    match conn.push(keep_alive.clone(), cap, max_bytes, false) {
                         Push::Queued => true,
                         Push::Overflow => {
                             metrics.slow_consumer_disconnects.add(conn.channel, 1);
-                            false
+                            gone()
                         }
-                        Push::Closed => false,
+                        Push::Closed => gone(),
                     }
                 });
             }
         }
     }
 
-    /// Drops histories of users that have no connection and were idle longer than the TTL, and
-    /// trims histories while all of them together exceed the byte budget.
+    /// Drops histories of users that have no connection and were idle longer than the TTL
+    /// (one shard lock at a time). When the histories fill more than 7/8 of their budget, it
+    /// also evicts the oldest entry of each user in turn until they fill at most 3/4, so new
+    /// messages find room again (insertions alone never exceed the budget).
     pub fn sweep(&self) {
         let inner = &self.inner;
         let now = Instant::now();
@@ -308,22 +376,33 @@ impl Hub {
                         || now.duration_since(topic.last_active) < inner.cfg.history_ttl;
                     if !keep {
                         inner.release_history(topic.history.cost());
+                        inner.entries.fetch_sub(1, Ordering::Relaxed);
                     }
                     keep
                 });
             }
         }
-        // Over budget (many users each within their own bound): evict the oldest entry of every
-        // topic in turn until the total fits again.
-        while inner.history_bytes.load(Ordering::Relaxed) > inner.cfg.history_max_bytes {
+        let max = inner.cfg.history_max_bytes;
+        if inner.history_bytes.load(Ordering::Relaxed) <= max / 8 * 7 {
+            return;
+        }
+        let low = max / 4 * 3;
+        loop {
             let mut evicted = false;
             for shard in inner.shards.iter() {
                 let mut guard = lock(shard);
-                for topic in guard.topics_mut() {
-                    if inner.history_bytes.load(Ordering::Relaxed) <= inner.cfg.history_max_bytes {
-                        return;
-                    }
-                    evicted |= inner.evict_oldest(topic);
+                let mut budget = SWEEP_EVICTIONS_PER_LOCK;
+                for topics in guard.topics.iter_mut() {
+                    topics.retain(|_, topic| {
+                        if budget > 0 && inner.history_bytes.load(Ordering::Relaxed) > low {
+                            budget -= 1;
+                            evicted |= inner.evict_oldest(topic);
+                        }
+                        inner.keep_entry(topic)
+                    });
+                }
+                if inner.history_bytes.load(Ordering::Relaxed) <= low {
+                    return;
                 }
             }
             if !evicted {
@@ -362,78 +441,137 @@ impl Hub {
     }
 
     /// Registered connections and (channel, user) entries, for `/metrics` and leak tests.
+    /// Read from counters: takes no lock.
     pub fn registry_size(&self) -> (usize, usize) {
-        let mut conns = 0;
-        let mut topics = 0;
-        for shard in self.inner.shards.iter() {
-            let guard = lock(shard);
-            for map in guard.topics.iter() {
-                topics += map.len();
-                conns += map.values().map(|t| t.conns.len()).sum::<usize>();
-            }
-        }
-        (conns, topics)
-    }
-}
-
-impl Topic {
-    fn new(floor: u64) -> Self {
-        Topic {
-            conns: Vec::new(),
-            history: History::new(floor),
-            last_active: Instant::now(),
-        }
+        (
+            self.inner.registered.load(Ordering::Relaxed),
+            self.inner.entries.load(Ordering::Relaxed),
+        )
     }
 }
 
 impl Inner {
-    /// Publishes a message to one topic: assigns the id (unless given), encodes the frame
-    /// once, queues it to every connection and records it in the history.
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The entry of (channel, user) in `shard`, created (and counted) when missing.
+    fn entry<'a>(
+        &self,
+        shard: &'a mut Shard,
+        channel: Channel,
+        user: &str,
+        current: u64,
+    ) -> &'a mut Topic {
+        match shard.topics[channel.index()].entry(user.into()) {
+            MapEntry::Occupied(e) => e.into_mut(),
+            MapEntry::Vacant(e) => {
+                self.entries.fetch_add(1, Ordering::Relaxed);
+                e.insert(Topic {
+                    conns: Vec::new(),
+                    history: History::new(current, user.len()),
+                    last_active: Instant::now(),
+                })
+            }
+        }
+    }
+
+    /// Whether an entry must stay: it has a connection or a history to replay.
+    fn keep_entry(&self, topic: &Topic) -> bool {
+        let keep = !topic.conns.is_empty() || topic.history.len() > 0;
+        if !keep {
+            self.release_history(topic.history.cost());
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+        keep
+    }
+
+    /// Frees the entry of (channel, user) when it has neither a connection nor a history.
+    fn free_if_unused(&self, shard: &mut Shard, channel: Channel, user: &str) {
+        let map = &mut shard.topics[channel.index()];
+        if let Some(topic) = map.get(user)
+            && topic.conns.is_empty()
+            && topic.history.len() == 0
+        {
+            map.remove(user);
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues `frame` (message `seq`, `id`) to every connection of `topic` and records it in
+    /// the history within the budgets. Returns the connections reached.
     fn deliver(
         &self,
         topic: &mut Topic,
         channel: Channel,
-        event: Option<&EventName>,
-        data: &str,
-        id: Option<EventId>,
-    ) -> Published {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = id.unwrap_or_else(|| EventId::pair(self.boot, seq));
-        let frame = sse::encode_event(Some(&id), event, data);
-
-        let cap = self.cfg.queue_size;
+        seq: u64,
+        id: &EventId,
+        frame: &Bytes,
+    ) -> usize {
+        let (cap, max_bytes) = (self.cfg.queue_size, self.cfg.queue_max_bytes);
         let mut delivered = 0;
         let metrics = &self.metrics;
-        topic
-            .conns
-            .retain(|conn| match conn.push(frame.clone(), cap, true) {
+        topic.conns.retain(
+            |conn| match conn.push(frame.clone(), cap, max_bytes, true) {
                 Push::Queued => {
                     delivered += 1;
                     true
                 }
                 Push::Overflow => {
                     metrics.slow_consumer_disconnects.add(channel, 1);
+                    self.registered.fetch_sub(1, Ordering::Relaxed);
                     false
                 }
-                Push::Closed => false,
-            });
+                Push::Closed => {
+                    self.registered.fetch_sub(1, Ordering::Relaxed);
+                    false
+                }
+            },
+        );
         metrics.delivered.add(channel, delivered as u64);
         topic.last_active = Instant::now();
+        self.record(topic, seq, id, frame);
+        delivered
+    }
 
-        self.account_history(topic.history.push(seq, id.clone(), frame));
-        while topic.history.len() > self.cfg.history_size {
+    /// Keeps a frame in `topic`'s history: within `history_size` frames, and within the global
+    /// byte budget at this very insertion (this user's oldest frames make room first; a frame
+    /// that still does not fit is not kept, and the floor moves past it).
+    fn record(&self, topic: &mut Topic, seq: u64, id: &EventId, frame: &Bytes) {
+        while topic.history.len() >= self.cfg.history_size {
             self.evict_oldest(topic);
         }
-        // Over the global budget: give back this user's oldest entries first (the newest stays).
-        while self.history_bytes.load(Ordering::Relaxed) > self.cfg.history_max_bytes
-            && topic.history.len() > 1
-        {
-            self.evict_oldest(topic);
+        loop {
+            let cost = topic.history.cost_of(frame);
+            if self.try_charge(cost) {
+                topic.history.push(seq, id.clone(), frame.clone());
+                return;
+            }
+            if !self.evict_oldest(topic) {
+                topic.history.skip(seq);
+                self.metrics
+                    .history_evictions
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
-        Published {
-            delivered,
-            id: Some(id),
+    }
+
+    /// Charges `bytes` to the history budget if they fit.
+    fn try_charge(&self, bytes: usize) -> bool {
+        let max = self.cfg.history_max_bytes;
+        let charged = self
+            .history_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|total| *total <= max)
+            })
+            .is_ok();
+        if charged {
+            self.metrics
+                .history_bytes
+                .fetch_add(bytes as i64, Ordering::Relaxed);
         }
+        charged
     }
 
     fn evict_oldest(&self, topic: &mut Topic) -> bool {
@@ -449,24 +587,22 @@ impl Inner {
         }
     }
 
-    /// Removes exactly `conn` from its topic; called when its [`Subscription`] is dropped.
+    /// Removes exactly `conn` from its topic (and the topic when nothing is left in it); called
+    /// when its [`Subscription`] is dropped.
     fn unregister(&self, shard: usize, user: &str, conn: &Arc<Conn>) {
         let channel = conn.channel;
         {
             let mut guard = lock(&self.shards[shard]);
             if let Some(topic) = guard.topics[channel.index()].get_mut(user) {
+                let before = topic.conns.len();
                 topic.conns.retain(|c| !Arc::ptr_eq(c, conn));
+                self.registered
+                    .fetch_sub(before - topic.conns.len(), Ordering::Relaxed);
                 topic.last_active = Instant::now();
             }
+            self.free_if_unused(&mut guard, channel, user);
         }
         self.metrics.connection_closed(channel);
-    }
-
-    fn account_history(&self, bytes: usize) {
-        self.history_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.metrics
-            .history_bytes
-            .fetch_add(bytes as i64, Ordering::Relaxed);
     }
 
     fn release_history(&self, bytes: usize) {
@@ -483,11 +619,16 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn hub(queue: usize, history: usize) -> Hub {
+        hub_with(queue, 1 << 20, history, 1 << 20)
+    }
+
+    fn hub_with(queue: usize, queue_bytes: usize, history: usize, history_bytes: usize) -> Hub {
         Hub::new(
             HubConfig {
                 queue_size: queue,
+                queue_max_bytes: queue_bytes,
                 history_size: history,
-                history_max_bytes: 1 << 20,
+                history_max_bytes: history_bytes,
                 history_ttl: Duration::from_secs(60),
                 retry: Duration::from_secs(2),
             },
@@ -498,6 +639,17 @@ mod tests {
     async fn next_text(sub: &mut Subscription) -> String {
         let frame = sub.frame().await.unwrap().unwrap();
         String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+    }
+
+    /// The next frame and every frame queued right behind it (a stream's start: preamble,
+    /// reset or replayed frames), as one text.
+    async fn ready_text(sub: &mut Subscription) -> String {
+        use futures_util::FutureExt;
+        let mut text = next_text(sub).await;
+        while let Some(Some(Ok(frame))) = sub.frame().now_or_never() {
+            text.push_str(std::str::from_utf8(&frame.into_data().unwrap()).unwrap());
+        }
+        text
     }
 
     #[tokio::test]
@@ -552,24 +704,24 @@ mod tests {
         drop(a.frame().await);
         // History holds m2..m4: resuming after m2 replays m3 and m4.
         let mut b = hub.subscribe(Channel::V2, "u", Some(ids[2].as_str()), None);
-        let first = next_text(&mut b).await;
+        let first = ready_text(&mut b).await;
         assert!(first.contains("data: m3\n\nid: "), "{first}");
         assert!(first.ends_with("data: m4\n\n"), "{first}");
         // Resuming after m0: m1 is gone, so reset.
         let mut c = hub.subscribe(Channel::V2, "u", Some(ids[0].as_str()), None);
-        assert!(next_text(&mut c).await.contains("event: reset\n"));
+        assert!(ready_text(&mut c).await.contains("event: reset\n"));
         // A foreign id resets; the newest id replays nothing.
         let mut d = hub.subscribe(Channel::V2, "u", Some("garbage\u{0}"), None);
-        assert!(next_text(&mut d).await.contains("event: reset\n"));
+        assert!(ready_text(&mut d).await.contains("event: reset\n"));
         let mut e = hub.subscribe(Channel::V2, "u", Some(ids[4].as_str()), None);
-        assert!(!next_text(&mut e).await.contains("data:"));
+        assert!(!ready_text(&mut e).await.contains("data:"));
     }
 
     #[tokio::test]
     async fn external_ids_replay_by_exact_match_and_redeliveries_are_dropped() {
         let hub = hub(8, 10);
         let mut a = hub.subscribe(Channel::V3, "u", None, None);
-        next_text(&mut a).await;
+        ready_text(&mut a).await;
         for offset in 5..8 {
             let p = hub.publish_with_id(
                 Channel::V3,
@@ -593,22 +745,22 @@ mod tests {
             0
         );
         let mut e = hub.subscribe(Channel::V3, "elsewhere", Some("1-0"), None);
-        assert!(next_text(&mut e).await.contains("event: reset"));
+        assert!(ready_text(&mut e).await.contains("event: reset"));
         assert_eq!(
             hub.publish_with_id(Channel::V3, "elsewhere", None, "f", EventId::pair(1, 2))
                 .delivered,
             1
         );
         let mut f = hub.subscribe(Channel::V3, "elsewhere", Some("1-1"), None);
-        assert!(next_text(&mut f).await.ends_with("id: 1-2\ndata: f\n\n"));
+        assert!(ready_text(&mut f).await.ends_with("id: 1-2\ndata: f\n\n"));
         let mut b = hub.subscribe(Channel::V3, "u", Some("0-5"), None);
-        let replay = next_text(&mut b).await;
+        let replay = ready_text(&mut b).await;
         assert!(
             replay.contains("id: 0-6\ndata: k6\n\nid: 0-7\ndata: k7\n\n"),
             "{replay}"
         );
         let mut c = hub.subscribe(Channel::V3, "u", Some("0-4"), None);
-        assert!(next_text(&mut c).await.contains("event: reset"));
+        assert!(ready_text(&mut c).await.contains("event: reset"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -647,5 +799,136 @@ mod tests {
         next_text(&mut a).await;
         hub.close_all();
         assert!(a.frame().await.is_none());
+    }
+
+    async fn next_frame(sub: &mut Subscription) -> Bytes {
+        sub.frame().await.unwrap().unwrap().into_data().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replay_queues_the_historys_own_frames_and_a_too_large_one_resets() {
+        let hub = hub_with(8, 4096, 100, 1 << 20);
+        let mut live = hub.subscribe(Channel::V2, "u", None, None);
+        next_frame(&mut live).await;
+        let first = hub.publish(Channel::V2, "u", None, "m0").id.unwrap();
+        let sent = next_frame(&mut live).await;
+        hub.publish(Channel::V2, "u", None, "m1");
+        let mut resumed = hub.subscribe(Channel::V2, "u", Some(first.as_str()), None);
+        let preamble = next_frame(&mut resumed).await;
+        assert!(preamble.starts_with(b"retry:"));
+        let replayed = next_frame(&mut resumed).await;
+        assert!(replayed.ends_with(b"data: m1\n\n"));
+        // The replayed frame is the one delivered live and kept in the history: same bytes.
+        let live_m1 = next_frame(&mut live).await;
+        assert_eq!(replayed.as_ptr(), live_m1.as_ptr());
+        assert_ne!(sent.as_ptr(), replayed.as_ptr());
+        // 4,500 bytes more: what was missed since `first` no longer fits a 4 KiB queue.
+        hub.publish(Channel::V2, "u", None, &"x".repeat(4500));
+        let mut too_much = hub.subscribe(Channel::V2, "u", Some(first.as_str()), None);
+        next_frame(&mut too_much).await;
+        let reset = String::from_utf8(next_frame(&mut too_much).await.to_vec()).unwrap();
+        assert!(reset.contains("event: reset\n"), "{reset}");
+        assert!(reset.contains("too many to replay"), "{reset}");
+        assert_eq!(hub.metrics().resets.get(Channel::V2), 1);
+    }
+
+    #[tokio::test]
+    async fn a_queue_over_its_byte_limit_closes_that_connection_only() {
+        let hub = hub_with(1000, 2048, 100, 1 << 20);
+        let _stalled = hub.subscribe(Channel::V2, "u", None, None);
+        let mut reader = hub.subscribe(Channel::V2, "u", None, None);
+        next_frame(&mut reader).await;
+        let body = "y".repeat(500);
+        let mut reached = Vec::new();
+        for _ in 0..6 {
+            reached.push(hub.publish(Channel::V2, "u", None, &body).delivered);
+            next_frame(&mut reader).await;
+        }
+        // The stalled queue holds its preamble and three frames of ~510 bytes; the fourth
+        // would pass 2 KiB: it is closed then, the reader is not.
+        assert_eq!(reached, [2, 2, 2, 1, 1, 1]);
+        assert_eq!(hub.metrics().slow_consumer_disconnects.get(Channel::V2), 1);
+    }
+
+    #[tokio::test]
+    async fn the_history_budget_holds_at_every_insertion_broadcasts_included() {
+        let budget = 20_000;
+        let hub = hub_with(1000, 1 << 20, 100, budget);
+        let held = |hub: &Hub| hub.inner.history_bytes.load(Ordering::Relaxed);
+        let mut subs = Vec::new();
+        for i in 0..50 {
+            subs.push(hub.subscribe(Channel::V2, &format!("u{i}"), None, None));
+        }
+        for round in 0..20 {
+            for i in 0..50 {
+                hub.publish(Channel::V2, &format!("u{i}"), None, &"z".repeat(round * 10));
+                assert!(held(&hub) <= budget, "{} > {budget}", held(&hub));
+            }
+        }
+        let (reached, _) = hub.broadcast(Channel::V2, None, &"\n".repeat(2000)).await;
+        assert_eq!(reached, 50);
+        assert!(held(&hub) <= budget, "{} > {budget}", held(&hub));
+        assert_eq!(
+            hub.metrics().history_bytes.load(Ordering::Relaxed) as usize,
+            held(&hub)
+        );
+        // A message that was not kept cannot be resumed across: its successor's resume resets.
+        let mut sub = hub.subscribe(
+            Channel::V2,
+            "u0",
+            Some(&format!("{}-1", hub.inner.boot)),
+            None,
+        );
+        next_frame(&mut sub).await;
+        assert!(
+            next_frame(&mut sub)
+                .await
+                .windows(12)
+                .any(|w| w == b"event: reset")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_is_one_frame_with_one_id_for_every_user() {
+        let hub = hub(8, 10);
+        let mut a = hub.subscribe(Channel::V2, "a", None, None);
+        let mut b = hub.subscribe(Channel::V2, "b", None, None);
+        let mut other = hub.subscribe(Channel::V3, "a", None, None);
+        next_frame(&mut a).await;
+        next_frame(&mut b).await;
+        next_frame(&mut other).await;
+        let (reached, id) = hub.broadcast(Channel::V2, None, "all").await;
+        assert_eq!(reached, 2);
+        let fa = next_frame(&mut a).await;
+        let fb = next_frame(&mut b).await;
+        assert_eq!(fa.as_ptr(), fb.as_ptr());
+        assert!(fa.starts_with(format!("id: {id}\n").as_bytes()));
+        hub.close_all();
+        assert!(other.frame().await.is_none(), "v3 got the v2 broadcast");
+    }
+
+    #[tokio::test]
+    async fn users_without_history_or_connection_hold_no_entry() {
+        let hub = hub(8, 10);
+        for i in 0..1000 {
+            let sub = hub.subscribe(Channel::V2, &format!("user-{i}"), Some("1-1"), None);
+            drop(sub);
+        }
+        assert_eq!(hub.registry_size(), (0, 0));
+        let sub = hub.subscribe(Channel::V2, "kept", None, None);
+        hub.publish(Channel::V2, "kept", None, "m");
+        drop(sub);
+        assert_eq!(hub.registry_size(), (0, 1));
+        // A Kafka message for a user with no stream here is kept for replay (an entry); one
+        // that is not kept (over budget) leaves nothing behind.
+        let tiny = hub_with(8, 1 << 20, 10, 100);
+        tiny.publish_with_id(
+            Channel::V3,
+            "big",
+            None,
+            &"b".repeat(500),
+            EventId::pair(0, 1),
+        );
+        assert_eq!(tiny.registry_size(), (0, 0));
     }
 }

@@ -29,6 +29,11 @@ pub(super) struct Conn {
 
 struct ConnState {
     items: VecDeque<Bytes>,
+    /// Bytes in `items`.
+    bytes: usize,
+    /// How many of the first `items` are the stream's start (preamble, reset, replay): they
+    /// count against `queue_max_bytes` but not against the frame limit for live messages.
+    start: usize,
     waker: Option<Waker>,
     closed: bool,
     /// Whether anything was queued since the last keep-alive tick.
@@ -50,6 +55,8 @@ impl Conn {
             channel,
             state: Mutex::new(ConnState {
                 items: VecDeque::new(),
+                bytes: 0,
+                start: 0,
                 waker: None,
                 closed: false,
                 active: true,
@@ -58,25 +65,30 @@ impl Conn {
         }
     }
 
-    /// Queues the stream's first bytes (preamble, replay or reset); `closed` when the Hub is
-    /// shutting down, so the stream ends right after them.
-    pub(super) fn start(&self, first: Bytes, closed: bool) {
+    /// Queues the stream's first frames (preamble, reset, replayed history frames); `closed`
+    /// when the Hub is shutting down, so the stream ends right after them.
+    pub(super) fn start(&self, first: Vec<Bytes>, closed: bool) {
         let mut st = lock(&self.state);
-        st.items.push_back(first);
+        st.start = first.len();
+        st.bytes = first.iter().map(Bytes::len).sum();
+        st.items = first.into();
         st.closed = closed;
     }
 
-    /// Appends `frame` unless the queue already holds `cap` frames (then the connection is
-    /// closed: see the module docs). `activity` marks the stream as not idle.
-    pub(super) fn push(&self, frame: Bytes, cap: usize, activity: bool) -> Push {
+    /// Appends `frame` unless the queue already holds `cap` live frames or `max_bytes` bytes
+    /// with it (then the connection is closed: see the module docs). `activity` marks the
+    /// stream as not idle.
+    pub(super) fn push(&self, frame: Bytes, cap: usize, max_bytes: usize, activity: bool) -> Push {
         let waker = {
             let mut st = lock(&self.state);
             if st.closed {
                 return Push::Closed;
             }
-            if st.items.len() >= cap {
+            if st.items.len() - st.start >= cap || st.bytes + frame.len() > max_bytes {
                 st.closed = true;
                 st.items = VecDeque::new();
+                st.bytes = 0;
+                st.start = 0;
                 let waker = st.waker.take();
                 drop(st);
                 if let Some(kill) = &self.kill {
@@ -87,6 +99,7 @@ impl Conn {
                 }
                 return Push::Overflow;
             }
+            st.bytes += frame.len();
             st.items.push_back(frame);
             st.active |= activity;
             st.waker.take()
@@ -149,6 +162,8 @@ impl Body for Subscription {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let mut st = lock(&self.conn.state);
         if let Some(frame) = st.items.pop_front() {
+            st.bytes -= frame.len();
+            st.start = st.start.saturating_sub(1);
             return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         if st.closed {
