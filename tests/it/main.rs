@@ -8,6 +8,7 @@ mod tansu;
 mod input;
 mod kafka;
 mod lean;
+mod memory;
 mod ops;
 mod push;
 mod reports_script;
