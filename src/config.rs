@@ -170,6 +170,12 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `server_sent_events=debug`.
     #[arg(long, global = true, env = "SSE_LOG", default_value = "info")]
     pub log: String,
+
+    /// Serve without access control on a non-loopback `--bind` address. Without it the server
+    /// refuses to start there: anyone who can reach the port could read and send every user's
+    /// messages and reports.
+    #[arg(long, env = "SSE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 impl Config {
@@ -180,6 +186,22 @@ impl Config {
             StoreKind::Auto => StoreKind::Sqlite,
             other => other,
         }
+    }
+
+    /// Refuses a configuration that would expose the open server beyond this machine: a
+    /// non-loopback `--bind` without `--insecure-no-auth`. The message names the flags to use.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.bind.ip().is_loopback() || self.insecure_no_auth {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve without access control on {}, which is not a loopback address: \
+             anyone who can reach it could read and publish every user's streams and reports. \
+             Bind a loopback address (--bind 127.0.0.1:{}), or accept the risk explicitly with \
+             --insecure-no-auth (SSE_INSECURE_NO_AUTH=true)",
+            self.bind,
+            self.bind.port()
+        ))
     }
 
     /// The default configuration with the given bind address, for tests and embedding.
@@ -226,5 +248,24 @@ mod tests {
             "http://b",
         ]);
         assert_eq!(c.cors_origin, vec!["http://a", "http://b"]);
+    }
+
+    #[test]
+    fn the_open_server_stays_on_loopback_unless_told_otherwise() {
+        for bind in ["127.0.0.1:3000", "[::1]:3000", "127.0.0.9:1"] {
+            assert!(
+                Config::parse_from(["x", "--bind", bind])
+                    .check_exposure()
+                    .is_ok()
+            );
+        }
+        for bind in ["0.0.0.0:3000", "[::]:3000", "192.168.1.5:3000"] {
+            let refused = Config::parse_from(["x", "--bind", bind]).check_exposure();
+            let message = refused.expect_err(bind);
+            assert!(message.contains("--insecure-no-auth"), "{message}");
+            assert!(message.contains("--bind 127.0.0.1:3000"), "{message}");
+            let allowed = Config::parse_from(["x", "--bind", bind, "--insecure-no-auth"]);
+            assert!(allowed.check_exposure().is_ok());
+        }
     }
 }

@@ -54,6 +54,10 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Command::Serve => {
+            if let Err(message) = config.check_exposure() {
+                eprintln!("server_sent_events: {message}");
+                return std::process::ExitCode::from(2);
+            }
             let listener = match server_sent_events::net::bind(config.bind) {
                 Ok(l) => l,
                 Err(e) => {

@@ -133,3 +133,42 @@ async fn sigterm_ends_1000_open_streams_promptly_and_exits_zero() {
         eprintln!("SIG{signal}: exited 0 after {took:?}");
     }
 }
+
+/// Secure by default: the open server refuses a non-loopback address unless told otherwise.
+#[tokio::test]
+async fn a_non_loopback_bind_without_access_control_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"))
+            .args(["--bind", "0.0.0.0:0", "--database"])
+            .arg(dir.path().join("r.sqlite3"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the server did not exit")
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
+    assert!(
+        !dir.path().join("r.sqlite3").exists(),
+        "it opened the store"
+    );
+
+    // With the explicit flag it serves (reached here over loopback).
+    let mut server = ChildServer::start(&["--bind", "0.0.0.0:0", "--insecure-no-auth"]).await;
+    let port = server.addr.port();
+    let status = crate::support::client()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    server.signal("TERM");
+    let exit = tokio::time::timeout(WAIT, server.child.wait()).await;
+    assert!(exit.expect("no exit after SIGTERM").unwrap().success());
+}
