@@ -4,7 +4,8 @@
   replay:    100 POSTs of 64 KiB of newlines to one user, then 40 resumes from the first id that
              never read; prints the server's RSS growth.
   broadcast: N idle streams of N users (never reading), one 64 KiB broadcast of newlines, with
-             /healthz probed every 5 ms and another user's delivery timed meanwhile.
+             /healthz probed every 5 ms and a /v3 user's delivery (a stream the broadcast does not
+             reach) timed meanwhile.
 
 Usage: bench/attack.py replay|broadcast [N]   (SERVER_BIN, default target/release/server_sent_events)
 """
@@ -80,7 +81,7 @@ def main():
         else:
             streams = [open_stream(f"/v2/sse?username=b{i}", f"127.0.0.{2 + i % 8}") for i in range(n)]
             other = socket.create_connection(("127.0.0.1", PORT))
-            other.sendall(b"GET /v2/sse?username=watcher HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            other.sendall(b"GET /v3/sse?username=watcher HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             other.recv(4096)
             time.sleep(1)
             before = rss_kib(server.pid)
@@ -98,7 +99,7 @@ def main():
                 other.settimeout(10)
                 for i in range(40):
                     t = time.perf_counter()
-                    request("POST", "/v2/message?username=watcher", f"w{i}".encode())
+                    request("POST", "/v3/message?username=watcher", f"w{i}".encode())
                     got = b""
                     while f"w{i}".encode() not in got:
                         got += other.recv(65536)

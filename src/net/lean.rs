@@ -44,6 +44,11 @@ const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 48;
 /// Most frames written by one `writev` (each frame is one `iovec`, far below `IOV_MAX`).
 const MAX_BATCH: usize = 32;
+/// Most bytes one connection hands to the kernel per turn on the worker: one `writev` takes at
+/// most this much, and after this much the connection yields to the other tasks. Without it a
+/// large broadcast let every connection copy up to its whole send buffer (MBs) in one go, and
+/// a request arriving meanwhile waited for all of them.
+const TURN_BYTES: usize = 64 * 1024;
 /// The paths served here. Anything else, even a near miss, is hyper's (and the router's).
 const SSE_PATHS: [&str; 3] = ["/v2/sse", "/v3/sse", "/v4/sse"];
 
@@ -285,8 +290,22 @@ struct Pump<'a> {
     ending: bool,
 }
 
-/// Writes `slices` once, without waiting; `WouldBlock` counts as 0 bytes written.
+/// Writes at most [`TURN_BYTES`] of `slices` once, without waiting; `WouldBlock` counts as 0
+/// bytes written.
 fn try_write(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut capped = [IoSlice::new(&[]); MAX_BATCH + 3];
+    let mut room = TURN_BYTES;
+    let mut count = 0;
+    for (slot, slice) in capped.iter_mut().zip(slices) {
+        if room == 0 {
+            break;
+        }
+        let take = slice.len().min(room);
+        *slot = IoSlice::new(&slice[..take]);
+        room -= take;
+        count += 1;
+    }
+    let slices = &capped[..count];
     match stream.try_write_vectored(slices) {
         Ok(0) if slices.iter().any(|s| !s.is_empty()) => Err(io::ErrorKind::WriteZero.into()),
         Ok(n) => Ok(n),
@@ -316,7 +335,13 @@ fn advance(pieces: &mut Vec<Bytes>, mut n: usize) {
 
 impl Pump<'_> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Bytes written in this turn; past TURN_BYTES the task yields (and wakes itself).
+        let mut turn = 0;
         loop {
+            if turn >= TURN_BYTES {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             // First whatever the socket did not take last time.
             if !self.unwritten.is_empty() {
                 ready!(self.stream.poll_write_ready(cx))?;
@@ -326,6 +351,7 @@ impl Pump<'_> {
                     *slice = IoSlice::new(piece);
                 }
                 let n = try_write(self.stream, &slices[..count])?;
+                turn += n;
                 advance(&mut self.unwritten, n);
                 if self.unwritten.is_empty() {
                     self.unwritten = Vec::new();
@@ -383,6 +409,7 @@ impl Pump<'_> {
                 };
             }
             let written = try_write(self.stream, &slices[..used])?;
+            turn += written;
             let total: usize = slices[..used].iter().map(|s| s.len()).sum();
             if written < total {
                 // Keep what the socket did not take (rare: a client reading slower than we
