@@ -93,12 +93,14 @@ pub struct Config {
     #[arg(long, env = "SSE_MAX_BODY_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
-    /// Origin allowed by CORS (repeatable, or comma-separated in the environment variable).
+    /// Origin allowed by CORS (repeatable, or comma-separated in the environment variable):
+    /// `scheme://host[:port]`, or `*` for any origin (then without credentials).
     #[arg(
         long,
         env = "SSE_CORS_ORIGIN",
         value_delimiter = ',',
-        default_value = "http://localhost:5173"
+        default_value = "http://localhost:5173",
+        value_parser = parse_origin
     )]
     pub cors_origin: Vec<String>,
 
@@ -222,6 +224,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a CORS origin: `*` (any origin) or `http(s)://host[:port]` as browsers send it in
+/// the `Origin` header (no path, no trailing slash, no whitespace).
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text == "*" {
+        return Ok(text.to_owned());
+    }
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"));
+    let valid = rest.is_some_and(|host| {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+    });
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an origin (expected `*` or scheme://host[:port], e.g. https://app.example)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +275,22 @@ mod tests {
             "http://b",
         ]);
         assert_eq!(c.cors_origin, vec!["http://a", "http://b"]);
+        let c = Config::parse_from(["x", "--cors-origin", "*"]);
+        assert_eq!(c.cors_origin, vec!["*"]);
+        for bad in [
+            "",
+            "app.example",
+            "http://",
+            "http://a/path",
+            "http://a b",
+            "ftp://a",
+        ] {
+            assert!(
+                Config::try_parse_from(["x", "--cors-origin", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(parse_origin("https://[::1]:8443").is_ok());
     }
 
     #[test]

@@ -488,9 +488,16 @@ impl ChunkSize {
     }
 }
 
-/// Completes when the client closed its side or the connection failed. Bytes a client sends
-/// while its stream is open (it cannot expect an answer before the stream ends) are dropped.
+/// Most bytes a client may send on an open stream (it cannot expect an answer before the
+/// stream ends); beyond this the client is treated as gone and the connection is closed.
+const MAX_STREAM_INPUT: usize = 64 * 1024;
+
+/// Completes when the client closed its side, the connection failed, or the client sent more
+/// than [`MAX_STREAM_INPUT`] bytes while its stream is open (those bytes are dropped). Every
+/// read spends cooperative budget, so a client blasting bytes cannot keep this loop spinning
+/// without yielding to other tasks.
 async fn client_gone(stream: &TcpStream) {
+    let mut received = 0usize;
     loop {
         if stream.readable().await.is_err() {
             return;
@@ -498,10 +505,17 @@ async fn client_gone(stream: &TcpStream) {
         let mut buf = [0u8; 256];
         match stream.try_read(&mut buf) {
             Ok(0) => return,
-            Ok(_) => {}
+            Ok(n) => {
+                received += n;
+                if received > MAX_STREAM_INPUT {
+                    tracing::debug!(received, "stream client sent too much; closing");
+                    return;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }
+        tokio::task::consume_budget().await;
     }
 }
 

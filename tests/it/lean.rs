@@ -246,3 +246,55 @@ async fn a_client_that_leaves_is_unregistered_and_shutdown_ends_lean_streams() {
     assert!(body.starts_with("retry: 2000\n"), "{body}");
     stop.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stream_client_blasting_bytes_is_disconnected_and_others_stay_fast() {
+    let server = server().await;
+    let mut other = Sse::open(&server.url("/v2/sse?username=calm"), None).await;
+    let mut blaster = raw(
+        server.addr,
+        b"GET /v2/sse?username=blast HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let head = read_until(&mut blaster, ": connected").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let (mut reader, mut writer) = blaster.into_split();
+    // Writes at most 16 MiB (bounded), stopping at the first error (the server closed).
+    let blast = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..256 {
+            if writer.write_all(&chunk).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    // The connection is closed by the server: reading reaches EOF or an error in time.
+    let closed = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the blasting client was not disconnected");
+    assert!(
+        tokio::time::timeout(WAIT, blast).await.unwrap().unwrap(),
+        "the server took 16 MiB from a stream client"
+    );
+    // Others stay fast.
+    let t = std::time::Instant::now();
+    let (status, _) = server.get_json("/healthz").await;
+    assert_eq!(status, 200);
+    server.post("/v2/message?username=calm", "hi").await;
+    assert_eq!(other.next().await.data, "hi");
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    server.stop().await;
+}

@@ -172,3 +172,39 @@ async fn a_non_loopback_bind_without_access_control_is_refused_at_start() {
     let exit = tokio::time::timeout(WAIT, server.child.wait()).await;
     assert!(exit.expect("no exit after SIGTERM").unwrap().success());
 }
+
+#[tokio::test]
+async fn cors_origin_star_allows_any_origin_and_a_bad_origin_exits_2() {
+    let mut server = ChildServer::start(&["--cors-origin", "*"]).await;
+    let response = client()
+        .get(format!("http://{}/healthz", server.addr))
+        .header("Origin", "http://anywhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    server.signal("TERM");
+    let status = tokio::time::timeout(WAIT, server.child.wait())
+        .await
+        .expect("server did not exit")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    for bad in ["not an origin", "http://a/path"] {
+        let out = tokio::time::timeout(
+            WAIT,
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"))
+                .args(["--bind", "127.0.0.1:0", "--cors-origin", bad])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the binary did not exit")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("--cors-origin"), "{stderr}");
+        assert!(stderr.contains("is not an origin"), "{stderr}");
+    }
+}
