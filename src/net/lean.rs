@@ -21,6 +21,7 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
@@ -265,13 +266,27 @@ async fn write_response(
         unwritten: vec![Bytes::from(head)],
         ending: false,
     };
-    tokio::select! {
-        done = poll_fn(|cx| pump.poll(cx)) => match done {
-            Ok(()) => After::KeepAlive,
-            Err(_) => After::Close,
-        },
-        () = client_gone(stream) => After::Close,
-        () = kill.cancelled() => After::Close,
+    // Only a streamed body (an SSE stream) watches the socket for the client going away: that
+    // reads, and drops, what the client sends. A sized body (an error answer) is short, and the
+    // bytes behind it are the next request of the connection, answered after it.
+    let discarded = AtomicBool::new(false);
+    let done = if chunked {
+        tokio::select! {
+            done = poll_fn(|cx| pump.poll(cx)) => done,
+            () = client_gone(stream, &discarded) => return After::Close,
+            () = kill.cancelled() => return After::Close,
+        }
+    } else {
+        tokio::select! {
+            done = poll_fn(|cx| pump.poll(cx)) => done,
+            () = kill.cancelled() => return After::Close,
+        }
+    };
+    match done {
+        // Bytes were dropped while streaming: what follows cannot be parsed as a request.
+        Ok(()) if discarded.load(Ordering::Relaxed) => After::Close,
+        Ok(()) => After::KeepAlive,
+        Err(_) => After::Close,
     }
 }
 
@@ -493,10 +508,11 @@ impl ChunkSize {
 const MAX_STREAM_INPUT: usize = 64 * 1024;
 
 /// Completes when the client closed its side, the connection failed, or the client sent more
-/// than [`MAX_STREAM_INPUT`] bytes while its stream is open (those bytes are dropped). Every
+/// than [`MAX_STREAM_INPUT`] bytes while its stream is open (those bytes are dropped, and
+/// `discarded` says so). Every
 /// read spends cooperative budget, so a client blasting bytes cannot keep this loop spinning
 /// without yielding to other tasks.
-async fn client_gone(stream: &TcpStream) {
+async fn client_gone(stream: &TcpStream, discarded: &AtomicBool) {
     let mut received = 0usize;
     loop {
         if stream.readable().await.is_err() {
@@ -506,6 +522,7 @@ async fn client_gone(stream: &TcpStream) {
         match stream.try_read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
+                discarded.store(true, Ordering::Relaxed);
                 received += n;
                 if received > MAX_STREAM_INPUT {
                     tracing::debug!(received, "stream client sent too much; closing");
@@ -643,5 +660,34 @@ mod tests {
         assert_eq!(ChunkSize::new(4096).as_bytes(), b"1000\r\n");
         assert_eq!(ChunkSize::new(0).as_bytes(), b"0\r\n");
         assert_eq!(ChunkSize::new(0x1a2b).as_bytes(), b"1a2b\r\n");
+    }
+
+    #[tokio::test]
+    async fn bytes_behind_a_sized_answer_stay_for_the_next_request() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let kill = CancellationToken::new();
+        // select! polls its branches in random order: 20 rounds make a lucky pass of a reader
+        // racing the write (which dropped the next request) vanishingly unlikely.
+        for _ in 0..20 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            client
+                .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+                .await
+                .unwrap();
+            server.readable().await.unwrap();
+            let response = Response::builder()
+                .status(400)
+                .body(Body::from("{}"))
+                .unwrap();
+            let (head, body, chunked) = encode_head(response);
+            let after = write_response(&server, head, body, chunked, &kill).await;
+            assert_eq!(after, After::KeepAlive);
+            let mut buf = [0u8; 64];
+            let n = server.try_read(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"GET /healthz HTTP/1.1\r\n\r\n");
+        }
     }
 }
