@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{ChildServer, RawStream, TestServer, client, metric_in, stalled_client};
+use crate::support::{
+    ChildServer, RawStream, TestServer, client, metric_in, metrics_at, stalled_client,
+};
 
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -20,14 +22,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 async fn metrics(server: &ChildServer) -> String {
-    client()
-        .get(format!("http://{}/metrics", server.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    metrics_at(server.addr).await
 }
 
 async fn post(server: &ChildServer, path: &str, body: String) -> serde_json::Value {

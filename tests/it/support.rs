@@ -123,14 +123,7 @@ impl TestServer {
 
     /// The whole `/metrics` text.
     pub async fn metrics_text(&self) -> String {
-        client()
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(self.addr).await
     }
 
     /// The value of one sample line of `/metrics`, e.g. `sse_connections_open{channel="v2"}`.
@@ -319,6 +312,18 @@ impl RawStream {
         .await;
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// The whole `/metrics` text of the server at `addr`.
+pub async fn metrics_at(addr: SocketAddr) -> String {
+    client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The server binary, started as a child process (for signal and shutdown tests).
