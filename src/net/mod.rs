@@ -26,6 +26,40 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// How long a client may take to send a request head.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Least time between two "accept failed" log lines.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Lets one event through per interval and counts the ones it holds back.
+struct LogLimit {
+    interval: Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(events held back since the last one let through)` when this one may be logged.
+    fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// Binds a listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as std does).
 ///
 /// Fails when the address cannot be bound (in use, not local, no permission).
@@ -47,6 +81,7 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// handles connections.
 pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, grace: Duration) {
     let connections = TaskTracker::new();
+    let mut accept_log = LogLimit::new(ACCEPT_LOG_INTERVAL);
     // Cancelled when the grace period is over: every connection still open is dropped.
     let hard_stop = CancellationToken::new();
     loop {
@@ -58,8 +93,11 @@ pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, 
                     connections.spawn(serve_connection(stream, app.clone(), stop.clone(), hard_stop.child_token()));
                 }
                 Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Typically EMFILE: back off briefly instead of spinning, and log at most
+                    // once per ACCEPT_LOG_INTERVAL (with how many were not logged).
+                    if let Some(suppressed) = accept_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -114,4 +152,23 @@ async fn serve_connection(
         }
     }
     hyper_conn::serve(stream, app, stop, kill).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_logged_at_most_once_per_interval() {
+        let start = std::time::Instant::now();
+        let mut limit = LogLimit::new(Duration::from_secs(1));
+        assert_eq!(limit.allow(start), Some(0));
+        // 20 failures a second, as seen under an fd flood: one line, then the count.
+        let logged: Vec<_> = (1..=20)
+            .filter_map(|i| limit.allow(start + Duration::from_millis(50 * i)))
+            .collect();
+        assert_eq!(logged, [19]);
+        assert_eq!(limit.allow(start + Duration::from_millis(1500)), None);
+        assert_eq!(limit.allow(start + Duration::from_millis(2100)), Some(1));
+    }
 }
