@@ -169,6 +169,42 @@ pub struct Config {
     #[arg(long, env = "SSE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
 
+    /// Streams (SSE responses) open at once, all users together; over it a stream request gets
+    /// `503` with `Retry-After`. Default: the open-file limit minus a reserve (a tenth, 64 to
+    /// 1,024) that keeps `/healthz`, `/readyz`, `/metrics` and POSTs working when it is reached.
+    #[arg(long, env = "SSE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Streams one user may hold open on one channel (off by default: one user may
+    /// legitimately fan out to thousands of tabs or devices); over it: `429`.
+    #[arg(long, env = "SSE_MAX_CONNECTIONS_PER_USER", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_user: Option<u32>,
+
+    /// Streams one client address may hold open (an IPv6 client counts by its /64). Off by
+    /// default: every client behind a proxy shares its address. Over it: `429`.
+    #[arg(long, env = "SSE_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: Option<u32>,
+
+    /// Proxy whose `X-Forwarded-For` names the client (repeatable, or comma-separated in the
+    /// environment variable): an address or a network such as `10.0.0.0/8`.
+    #[arg(long, env = "SSE_TRUSTED_PROXY", value_delimiter = ',', value_parser = crate::limits::parse_proxy)]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
+    /// Messages per second one publisher (client address) may post, reports included; over it:
+    /// `429` with `Retry-After`. Off by default: trusted back-ends publish thousands a second.
+    #[arg(long, env = "SSE_PUBLISH_RATE", value_parser = parse_rate)]
+    pub publish_rate: Option<f64>,
+
+    /// Messages a publisher may post at once before `--publish-rate` applies (default: one
+    /// second's worth, at least 1).
+    #[arg(long, env = "SSE_PUBLISH_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub publish_burst: Option<u32>,
+
+    /// A stream whose client accepts no byte for this long while data waits for it is closed
+    /// (`sse_write_timeouts_total`); it resumes with Last-Event-ID.
+    #[arg(long, env = "SSE_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `server_sent_events=debug`.
     #[arg(long, global = true, env = "SSE_LOG", default_value = "info")]
     pub log: String,
@@ -206,6 +242,25 @@ impl Config {
         ))
     }
 
+    /// The stream and publish budgets this configuration asks for, with `--max-connections`
+    /// derived from `open_files` (the process's open-file limit) when not set.
+    pub fn limits(&self, open_files: Option<u64>) -> crate::limits::LimitsConfig {
+        let max_streams = match (self.max_connections, open_files) {
+            (Some(n), _) => usize::try_from(n).unwrap_or(usize::MAX),
+            (None, Some(files)) => crate::limits::default_max_streams(files),
+            (None, None) => usize::MAX,
+        };
+        crate::limits::LimitsConfig {
+            max_streams,
+            max_streams_per_ip: self.max_connections_per_ip,
+            trusted_proxies: self.trusted_proxy.clone(),
+            publish_rate: self.publish_rate,
+            publish_burst: self
+                .publish_burst
+                .unwrap_or_else(|| self.publish_rate.map_or(1, |r| r.ceil().max(1.0) as u32)),
+        }
+    }
+
     /// The default configuration with the given bind address, for tests and embedding.
     pub fn for_tests(bind: SocketAddr) -> Self {
         let mut config = Config::parse_from(["server_sent_events"]);
@@ -222,6 +277,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".to_owned());
     }
     Ok(d)
+}
+
+/// Parses a positive rate in messages per second, e.g. `100` or `0.5`.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a positive rate (messages per second, e.g. 100 or 0.5)"
+        )),
+    }
 }
 
 /// Parses a CORS origin: `*` (any origin) or `http(s)://host[:port]` as browsers send it in

@@ -18,6 +18,7 @@ pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod reports;

@@ -51,7 +51,21 @@ pub struct Metrics {
     rejected: [AtomicU64; 32],
     /// Poison Kafka messages skipped, per channel.
     pub kafka_poison: PerChannel,
+    /// Requests refused by a limit, by [`REFUSAL_REASONS`].
+    refused: [AtomicU64; REFUSAL_REASONS.len()],
+    /// Streams closed because their client accepted no byte for `--write-timeout`.
+    pub write_timeouts: AtomicU64,
+    /// Connections closed at accept because the process was at its open-file budget.
+    pub accept_refused: AtomicU64,
 }
+
+/// The reasons a request can be refused by a limit (`sse_refused_total{reason}`).
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "max_connections",
+    "max_connections_per_ip",
+    "max_connections_per_user",
+    "publish_rate",
+];
 
 impl Metrics {
     /// Records an opened connection.
@@ -77,6 +91,13 @@ impl Metrics {
             .and_then(|i| self.rejected.get(i as usize))
         {
             slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a request refused by the limit named `reason` (one of [`REFUSAL_REASONS`]).
+    pub fn refused(&self, reason: &str) {
+        if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -165,6 +186,24 @@ impl Metrics {
             out,
             "# HELP sse_history_evictions_total History entries dropped to stay within the byte budget.\n# TYPE sse_history_evictions_total counter\nsse_history_evictions_total {}",
             self.history_evictions.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sse_refused_total Requests refused by a connection or rate limit.\n# TYPE sse_refused_total counter"
+        );
+        for (reason, slot) in REFUSAL_REASONS.iter().zip(&self.refused) {
+            let v = slot.load(Ordering::Relaxed);
+            let _ = writeln!(out, "sse_refused_total{{reason=\"{reason}\"}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sse_write_timeouts_total Streams closed because the client accepted no byte for --write-timeout.\n# TYPE sse_write_timeouts_total counter\nsse_write_timeouts_total {}",
+            self.write_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sse_accept_refused_total Connections closed at accept: the process was at its open-file budget.\n# TYPE sse_accept_refused_total counter\nsse_accept_refused_total {}",
+            self.accept_refused.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

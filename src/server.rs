@@ -15,6 +15,7 @@ use crate::bus::kafka::{KafkaBus, KafkaConfig};
 use crate::bus::{Bus, LocalBus};
 use crate::config::{Config, StoreKind};
 use crate::hub::{Hub, HubConfig};
+use crate::limits::{self, Limits};
 use crate::metrics::Metrics;
 use crate::net;
 use crate::reports::{DynamoConfig, DynamoStore, ReportStore, SqliteStore, StoreError};
@@ -36,8 +37,27 @@ pub async fn run(
             history_max_bytes: config.history_max_bytes,
             history_ttl: config.history_ttl,
             retry: config.retry,
+            max_per_user: config.max_connections_per_user.map(|n| n as usize),
         },
         metrics.clone(),
+    );
+    let open_files = limits::open_file_limit();
+    let limits = Limits::new(config.limits(open_files));
+    let max_streams = limits.config().max_streams;
+    let max_open = open_files.map(|n| n.saturating_sub(net::FD_RESERVE).max(1) as usize);
+    if let Some(files) = open_files
+        && max_streams as u64 > files.saturating_sub(net::FD_RESERVE)
+    {
+        tracing::warn!(
+            max_connections = max_streams,
+            open_files = files,
+            "--max-connections is above the open-file limit: the process will run out of file descriptors before it refuses streams"
+        );
+    }
+    tracing::info!(
+        max_connections = max_streams,
+        open_files,
+        "connection limits"
     );
     let store = open_store(&config)
         .await
@@ -73,18 +93,27 @@ pub async fn run(
         shutdown: stop.clone(),
         bus,
         store,
+        limits,
     };
     background.spawn(hub.clone().run_maintenance(config.keep_alive, stop.clone()));
 
+    let net_settings = net::Settings {
+        grace: config.shutdown_timeout,
+        write_timeout: config.write_timeout,
+        max_open,
+        metrics: state.metrics.clone(),
+    };
     let app = api::app(state);
-    let grace = config.shutdown_timeout;
     let trigger = async {
         shutdown.await;
         // Streams end at once; the transport then closes connections within the grace period.
         stop.cancel();
         hub.close_all();
     };
-    tokio::join!(net::serve(listener, app, stop.clone(), grace), trigger);
+    tokio::join!(
+        net::serve(listener, app, stop.clone(), net_settings),
+        trigger
+    );
     background.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
     tracing::info!("shutdown complete");

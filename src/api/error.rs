@@ -2,9 +2,11 @@
 //! answered without internals. Always JSON: `{"error": "..."}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+
+use crate::limits::Refusal;
 
 /// Result of a handler.
 pub type Result<T, E = AppError> = std::result::Result<T, E>;
@@ -41,6 +43,10 @@ pub enum AppError {
         /// Extra fields for the client, e.g. the current state.
         details: Map<String, Value>,
     },
+    /// Over a connection or rate limit: `503` when the server is full, `429` when one client
+    /// is over its share; always with `Retry-After`, and the connection is closed after it.
+    #[error("{0}")]
+    Refused(Refusal),
     /// A dependency is down or too slow (503).
     #[error("{0}")]
     Unavailable(String),
@@ -60,6 +66,8 @@ impl AppError {
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Conflict { .. } => StatusCode::CONFLICT,
+            AppError::Refused(r) if r.is_overload() => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -70,6 +78,7 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match self {
+            AppError::Refused(refusal) => return refused(status, &refusal),
             AppError::Internal(message) => {
                 tracing::error!(%message, "internal error");
                 json!({ "error": "internal server error" })
@@ -87,4 +96,20 @@ impl IntoResponse for AppError {
         };
         (status, Json(body)).into_response()
     }
+}
+
+/// A refusal: the status, `Retry-After`, `Connection: close` (a refused client should not keep
+/// holding a connection) and `{"error","reason","retryAfter"}`.
+fn refused(status: StatusCode, refusal: &Refusal) -> Response {
+    let wait = refusal.retry_after_secs();
+    let body = json!({
+        "error": refusal.to_string(),
+        "reason": refusal.reason(),
+        "retryAfter": wait,
+    });
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

@@ -7,11 +7,13 @@ pub mod push;
 pub mod v1;
 pub mod v4;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::handler::HandlerWithoutStateExt;
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -23,6 +25,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::domain::Channel;
 use crate::hub::Hub;
+use crate::limits::{Limits, Refusal, StreamPermit};
 use crate::metrics::Metrics;
 use crate::reports::ReportStore;
 use error::AppError;
@@ -42,6 +45,58 @@ pub struct AppState {
     pub bus: Arc<dyn Bus>,
     /// Where reports live (the source of truth for `/v4`).
     pub store: Arc<dyn ReportStore>,
+    /// Connection and publish budgets.
+    pub limits: Arc<Limits>,
+}
+
+impl AppState {
+    /// Counts `refusal` and turns it into its error answer.
+    pub fn refuse(&self, refusal: Refusal) -> AppError {
+        self.metrics.refused(refusal.reason());
+        tracing::debug!(reason = refusal.reason(), "request refused by a limit");
+        AppError::Refused(refusal)
+    }
+
+    /// Takes a place for a stream from `client`, or the answer that refuses it.
+    pub fn open_stream(&self, client: &Client) -> Result<StreamPermit, AppError> {
+        self.limits
+            .open_stream(client.ip)
+            .map_err(|r| self.refuse(r))
+    }
+
+    /// Spends one publish of `client`'s budget (`--publish-rate`), or the answer that
+    /// refuses it.
+    pub fn spend_publish(&self, client: &Client) -> Result<(), AppError> {
+        self.limits
+            .publish(client.ip, std::time::Instant::now())
+            .map_err(|r| self.refuse(r))
+    }
+}
+
+/// The address of the TCP peer a request came from; inserted by the transport.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Who sent a request, as far as limits are concerned: the peer's address, or the client's
+/// address from `X-Forwarded-For` when the peer is a `--trusted-proxy`.
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    /// `None` only for requests that did not come through the transport (tests).
+    pub ip: Option<IpAddr>,
+}
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
+        Ok(Client {
+            ip: state.limits.client_ip(peer, &parts.headers),
+        })
+    }
 }
 
 /// Closes the TCP connection a request arrived on; inserted by the server's accept loop so the

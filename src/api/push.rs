@@ -14,9 +14,11 @@ use serde_json::json;
 
 use super::error::{AppError, Result};
 use super::input::{Query, text_body};
-use super::{AppState, ConnectionKill};
+use super::{AppState, Client, ConnectionKill};
 use crate::bus::{Delivery, Message};
 use crate::domain::{Channel, EventName};
+use crate::hub::Subscription;
+use crate::limits::{Refusal, StreamPermit};
 
 /// Routes of a push channel. Only v2 has `/broadcast`: it reaches this instance's users, which
 /// on v3 (whose messages go through Kafka to every instance) would be a silent half-delivery.
@@ -24,18 +26,24 @@ pub fn router(channel: Channel) -> Router<AppState> {
     let router = Router::new()
         .route(
             "/sse",
-            get(move |state, query, headers, kill| subscribe(state, query, headers, kill, channel)),
+            get(move |state, client, query, headers, kill| {
+                subscribe(state, client, query, headers, kill, channel)
+            }),
         )
         .route(
             "/message",
-            post(move |state, query, headers, body| message(state, query, headers, body, channel)),
+            post(move |state, client, query, headers, body| {
+                message(state, client, query, headers, body, channel)
+            }),
         );
     if channel != Channel::V2 {
         return router;
     }
     router.route(
         "/broadcast",
-        post(move |state, query, headers, body| broadcast(state, query, headers, body, channel)),
+        post(move |state, client, query, headers, body| {
+            broadcast(state, client, query, headers, body, channel)
+        }),
     )
 }
 
@@ -62,8 +70,58 @@ pub fn last_event_id<'a>(headers: &'a HeaderMap, query: &'a Query) -> Result<Opt
     }
 }
 
+/// Opens `user`'s stream on `channel` within the limits: the global and per-address ones
+/// (`client`), then the per-user one (in the Hub). A refusal registers nothing.
+pub fn open_stream(
+    state: &AppState,
+    client: &Client,
+    channel: Channel,
+    user: &str,
+    last_event_id: Option<&str>,
+    kill: Option<Extension<ConnectionKill>>,
+) -> Result<Response> {
+    let permit = state.open_stream(client)?;
+    let kill = kill.map(|Extension(k)| k.0);
+    let subscription = state
+        .hub
+        .subscribe(channel, user, last_event_id, kill)
+        .map_err(|full| state.refuse(Refusal::PerUser { limit: full.limit }))?;
+    tracing::debug!(channel = channel.as_str(), user, "stream opened");
+    Ok(event_stream_response(Body::new(Permitted {
+        subscription,
+        _permit: permit,
+    })))
+}
+
+/// A stream's body together with its place in the limits, given back when the body is dropped.
+struct Permitted {
+    subscription: Subscription,
+    _permit: StreamPermit,
+}
+
+impl http_body::Body for Permitted {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.subscription).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.subscription.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.subscription.size_hint()
+    }
+}
+
 async fn subscribe(
     State(state): State<AppState>,
+    client: Client,
     query: Query,
     headers: HeaderMap,
     kill: Option<Extension<ConnectionKill>>,
@@ -71,14 +129,7 @@ async fn subscribe(
 ) -> Result<Response> {
     let user = query.username()?;
     let last = last_event_id(&headers, &query)?;
-    let kill = kill.map(|Extension(k)| k.0);
-    let subscription = state.hub.subscribe(channel, user.as_str(), last, kill);
-    tracing::debug!(
-        channel = channel.as_str(),
-        user = user.as_str(),
-        "stream opened"
-    );
-    Ok(event_stream_response(Body::new(subscription)))
+    open_stream(&state, &client, channel, user.as_str(), last, kill)
 }
 
 fn event_name(query: &Query) -> Result<Option<EventName>> {
@@ -90,6 +141,7 @@ fn event_name(query: &Query) -> Result<Option<EventName>> {
 
 async fn message(
     State(state): State<AppState>,
+    client: Client,
     query: Query,
     headers: HeaderMap,
     body: Body,
@@ -97,6 +149,7 @@ async fn message(
 ) -> Result<Response> {
     let user = query.username()?;
     let event = event_name(&query)?;
+    state.spend_publish(&client)?;
     let text = text_body(&headers, body, state.config.max_body_bytes).await?;
     let message = Message {
         channel,
@@ -129,12 +182,14 @@ async fn message(
 
 async fn broadcast(
     State(state): State<AppState>,
+    client: Client,
     query: Query,
     headers: HeaderMap,
     body: Body,
     channel: Channel,
 ) -> Result<Response> {
     let event = event_name(&query)?;
+    state.spend_publish(&client)?;
     let text = text_body(&headers, body, state.config.max_body_bytes).await?;
     let (delivered, id) = state.hub.broadcast(channel, event.as_ref(), &text).await;
     Ok((

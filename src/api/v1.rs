@@ -13,11 +13,12 @@ use bytes::Bytes;
 use futures_util::stream;
 use tokio::time::{Instant, sleep_until};
 
-use super::AppState;
 use super::error::Result;
 use super::input::Query;
 use super::push::event_stream_response;
+use super::{AppState, Client};
 use crate::domain::Channel;
+use crate::limits::StreamPermit;
 use crate::metrics::Metrics;
 use crate::sse;
 
@@ -39,10 +40,16 @@ struct Timers {
     next_hi: Instant,
     next_keep_alive: Instant,
     _open: OpenGuard,
+    _permit: StreamPermit,
 }
 
-async fn stream_hi(State(state): State<AppState>, query: Query) -> Result<Response> {
+async fn stream_hi(
+    State(state): State<AppState>,
+    client: Client,
+    query: Query,
+) -> Result<Response> {
     let user = query.username()?;
+    let permit = state.open_stream(&client)?;
     tracing::info!(user = user.as_str(), "v1 stream opened");
     let (interval, keep_alive) = (state.config.v1_interval, state.config.v1_keep_alive);
     state.metrics.connection_opened(Channel::V1);
@@ -51,6 +58,7 @@ async fn stream_hi(State(state): State<AppState>, query: Query) -> Result<Respon
         next_hi: now,
         next_keep_alive: now + keep_alive,
         _open: OpenGuard(state.metrics.clone()),
+        _permit: permit,
     };
     let shutdown = state.shutdown.clone();
     let frames = stream::unfold(timers, move |mut t| {

@@ -29,8 +29,8 @@ use serde_json::{Map, Value, json};
 
 use super::error::{AppError, Result};
 use super::input::{Query, text_body};
-use super::push::{event_stream_response, last_event_id};
-use super::{AppState, ConnectionKill};
+use super::push::{last_event_id, open_stream};
+use super::{AppState, Client, ConnectionKill};
 use crate::bus::Message;
 use crate::domain::{Channel, EventName, ReportId, UserId};
 use crate::reports::{Report, ReportStatus, StoreError, TransitionError};
@@ -64,20 +64,20 @@ fn user_id(query: &Query) -> Result<UserId> {
 
 async fn subscribe(
     State(state): State<AppState>,
+    client: Client,
     query: Query,
     headers: HeaderMap,
     kill: Option<Extension<ConnectionKill>>,
 ) -> Result<Response> {
     let user = user_id(&query)?.to_string();
     let last = last_event_id(&headers, &query)?;
-    let kill = kill.map(|Extension(k)| k.0);
-    let subscription = state.hub.subscribe(Channel::V4, &user, last, kill);
-    tracing::debug!(channel = "v4", user, "stream opened");
-    Ok(event_stream_response(Body::new(subscription)))
+    open_stream(&state, &client, Channel::V4, &user, last, kill)
 }
 
-async fn create(State(state): State<AppState>, query: Query) -> Result<Response> {
+/// Creating and changing reports count as publishes (`--publish-rate`): each sends an event.
+async fn create(State(state): State<AppState>, client: Client, query: Query) -> Result<Response> {
     let user = user_id(&query)?;
+    state.spend_publish(&client)?;
     let data = detached(async move {
         let report = bounded(&state, state.store.create(user))
             .await?
@@ -125,11 +125,13 @@ struct StatusChange {
 
 async fn update(
     State(state): State<AppState>,
+    client: Client,
     query: Query,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
     let user = user_id(&query)?;
+    state.spend_publish(&client)?;
     let (report, to) = status_change(&headers, body, state.config.max_body_bytes).await?;
     let data = detached(async move {
         let updated = match bounded(&state, state.store.transition(user, report, to)).await? {

@@ -66,6 +66,15 @@ pub struct HubConfig {
     pub history_ttl: Duration,
     /// `retry:` hint sent when a stream opens.
     pub retry: Duration,
+    /// Streams one (channel, user) may hold open (`None`: no limit).
+    pub max_per_user: Option<usize>,
+}
+
+/// A stream refused because its user already holds `limit` streams on the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserFull {
+    /// The limit (`--max-connections-per-user`).
+    pub limit: usize,
 }
 
 /// What a publish did.
@@ -180,19 +189,31 @@ impl Hub {
     /// sends `event: reset` when they are not all in the history any more or would not fit the
     /// connection's queue. Registration and replay happen under one lock, so nothing is lost or
     /// sent twice between replay and live delivery.
+    ///
+    /// Refused, with nothing changed, when the user already holds `max_per_user` streams on
+    /// the channel.
     pub fn subscribe(
         &self,
         channel: Channel,
         user: &str,
         last_event_id: Option<&str>,
         kill: Option<CancellationToken>,
-    ) -> Subscription {
+    ) -> Result<Subscription, UserFull> {
         let inner = &self.inner;
         let preamble = sse::preamble(inner.cfg.retry.as_millis() as u64);
-        let conn = Arc::new(Conn::new(channel, kill));
         let shard = self.shard_of(channel, user);
+        let conn;
         {
             let mut guard = lock(&inner.shards[shard]);
+            if let Some(limit) = inner.cfg.max_per_user {
+                let open = guard.topics[channel.index()]
+                    .get(user)
+                    .map_or(0, |t| t.conns.len());
+                if open >= limit {
+                    return Err(UserFull { limit });
+                }
+            }
+            conn = Arc::new(Conn::new(channel, kill));
             let current = inner.seq.load(Ordering::Relaxed);
             let topic = inner.entry(&mut guard, channel, user, current);
             topic.last_active = Instant::now();
@@ -231,7 +252,12 @@ impl Hub {
         }
         inner.registered.fetch_add(1, Ordering::Relaxed);
         inner.metrics.connection_opened(channel);
-        Subscription::new(self.inner.clone(), conn, user.into(), shard)
+        Ok(Subscription::new(
+            self.inner.clone(),
+            conn,
+            user.into(),
+            shard,
+        ))
     }
 
     /// Sends a message to every open stream of `user` on `channel` and keeps it for replay.
@@ -631,9 +657,27 @@ mod tests {
                 history_max_bytes: history_bytes,
                 history_ttl: Duration::from_secs(60),
                 retry: Duration::from_secs(2),
+                max_per_user: None,
             },
             Arc::new(Metrics::default()),
         )
+    }
+
+    #[test]
+    fn the_per_user_limit_counts_a_users_streams_on_one_channel() {
+        let mut cfg = hub(4, 4).inner.cfg.clone();
+        cfg.max_per_user = Some(2);
+        let hub = Hub::new(cfg, Arc::new(Metrics::default()));
+        let a = hub.subscribe(Channel::V2, "u", None, None).unwrap();
+        let _b = hub.subscribe(Channel::V2, "u", None, None).unwrap();
+        let refused = hub.subscribe(Channel::V2, "u", None, None).err();
+        assert_eq!(refused, Some(UserFull { limit: 2 }));
+        // Other users and other channels have their own count; a refusal registers nothing.
+        let _c = hub.subscribe(Channel::V3, "u", None, None).unwrap();
+        let _d = hub.subscribe(Channel::V2, "v", None, None).unwrap();
+        assert_eq!(hub.registry_size().0, 4);
+        drop(a);
+        assert!(hub.subscribe(Channel::V2, "u", None, None).is_ok());
     }
 
     async fn next_text(sub: &mut Subscription) -> String {
@@ -655,8 +699,8 @@ mod tests {
     #[tokio::test]
     async fn two_tabs_get_every_message_and_dropping_one_keeps_the_other() {
         let hub = hub(8, 10);
-        let mut a = hub.subscribe(Channel::V2, "u", None, None);
-        let mut b = hub.subscribe(Channel::V2, "u", None, None);
+        let mut a = hub.subscribe(Channel::V2, "u", None, None).unwrap();
+        let mut b = hub.subscribe(Channel::V2, "u", None, None).unwrap();
         assert!(next_text(&mut a).await.starts_with("retry: 2000\n"));
         next_text(&mut b).await;
         let p = hub.publish(Channel::V2, "u", None, "hello");
@@ -677,8 +721,8 @@ mod tests {
     #[tokio::test]
     async fn full_queue_closes_only_that_connection() {
         let hub = hub(2, 10);
-        let slow = hub.subscribe(Channel::V2, "u", None, None); // never polled: preamble queued
-        let mut fast = hub.subscribe(Channel::V2, "u", None, None);
+        let slow = hub.subscribe(Channel::V2, "u", None, None).unwrap(); // never polled: preamble queued
+        let mut fast = hub.subscribe(Channel::V2, "u", None, None).unwrap();
         next_text(&mut fast).await;
         for i in 0..5 {
             hub.publish(Channel::V2, "u", None, &i.to_string());
@@ -693,7 +737,7 @@ mod tests {
     #[tokio::test]
     async fn replay_after_last_event_id_and_reset_when_too_old() {
         let hub = hub(8, 3);
-        let mut a = hub.subscribe(Channel::V2, "u", None, None);
+        let mut a = hub.subscribe(Channel::V2, "u", None, None).unwrap();
         let ids: Vec<EventId> = (0..5)
             .map(|i| {
                 hub.publish(Channel::V2, "u", None, &format!("m{i}"))
@@ -703,24 +747,32 @@ mod tests {
             .collect();
         drop(a.frame().await);
         // History holds m2..m4: resuming after m2 replays m3 and m4.
-        let mut b = hub.subscribe(Channel::V2, "u", Some(ids[2].as_str()), None);
+        let mut b = hub
+            .subscribe(Channel::V2, "u", Some(ids[2].as_str()), None)
+            .unwrap();
         let first = ready_text(&mut b).await;
         assert!(first.contains("data: m3\n\nid: "), "{first}");
         assert!(first.ends_with("data: m4\n\n"), "{first}");
         // Resuming after m0: m1 is gone, so reset.
-        let mut c = hub.subscribe(Channel::V2, "u", Some(ids[0].as_str()), None);
+        let mut c = hub
+            .subscribe(Channel::V2, "u", Some(ids[0].as_str()), None)
+            .unwrap();
         assert!(ready_text(&mut c).await.contains("event: reset\n"));
         // A foreign id resets; the newest id replays nothing.
-        let mut d = hub.subscribe(Channel::V2, "u", Some("garbage\u{0}"), None);
+        let mut d = hub
+            .subscribe(Channel::V2, "u", Some("garbage\u{0}"), None)
+            .unwrap();
         assert!(ready_text(&mut d).await.contains("event: reset\n"));
-        let mut e = hub.subscribe(Channel::V2, "u", Some(ids[4].as_str()), None);
+        let mut e = hub
+            .subscribe(Channel::V2, "u", Some(ids[4].as_str()), None)
+            .unwrap();
         assert!(!ready_text(&mut e).await.contains("data:"));
     }
 
     #[tokio::test]
     async fn external_ids_replay_by_exact_match_and_redeliveries_are_dropped() {
         let hub = hub(8, 10);
-        let mut a = hub.subscribe(Channel::V3, "u", None, None);
+        let mut a = hub.subscribe(Channel::V3, "u", None, None).unwrap();
         ready_text(&mut a).await;
         for offset in 5..8 {
             let p = hub.publish_with_id(
@@ -744,29 +796,33 @@ mod tests {
                 .delivered,
             0
         );
-        let mut e = hub.subscribe(Channel::V3, "elsewhere", Some("1-0"), None);
+        let mut e = hub
+            .subscribe(Channel::V3, "elsewhere", Some("1-0"), None)
+            .unwrap();
         assert!(ready_text(&mut e).await.contains("event: reset"));
         assert_eq!(
             hub.publish_with_id(Channel::V3, "elsewhere", None, "f", EventId::pair(1, 2))
                 .delivered,
             1
         );
-        let mut f = hub.subscribe(Channel::V3, "elsewhere", Some("1-1"), None);
+        let mut f = hub
+            .subscribe(Channel::V3, "elsewhere", Some("1-1"), None)
+            .unwrap();
         assert!(ready_text(&mut f).await.ends_with("id: 1-2\ndata: f\n\n"));
-        let mut b = hub.subscribe(Channel::V3, "u", Some("0-5"), None);
+        let mut b = hub.subscribe(Channel::V3, "u", Some("0-5"), None).unwrap();
         let replay = ready_text(&mut b).await;
         assert!(
             replay.contains("id: 0-6\ndata: k6\n\nid: 0-7\ndata: k7\n\n"),
             "{replay}"
         );
-        let mut c = hub.subscribe(Channel::V3, "u", Some("0-4"), None);
+        let mut c = hub.subscribe(Channel::V3, "u", Some("0-4"), None).unwrap();
         assert!(ready_text(&mut c).await.contains("event: reset"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_history_expires_and_budget_is_kept() {
         let hub = hub(8, 100);
-        let sub = hub.subscribe(Channel::V2, "u", None, None);
+        let sub = hub.subscribe(Channel::V2, "u", None, None).unwrap();
         hub.publish(Channel::V2, "u", None, "x");
         drop(sub);
         hub.sweep();
@@ -780,7 +836,7 @@ mod tests {
     #[tokio::test]
     async fn keep_alive_goes_only_to_idle_connections() {
         let hub = hub(8, 10);
-        let mut a = hub.subscribe(Channel::V2, "u", None, None);
+        let mut a = hub.subscribe(Channel::V2, "u", None, None).unwrap();
         next_text(&mut a).await;
         hub.keep_alive_tick(); // the preamble counts as activity
         hub.keep_alive_tick();
@@ -795,7 +851,7 @@ mod tests {
     #[tokio::test]
     async fn close_all_ends_streams() {
         let hub = hub(8, 10);
-        let mut a = hub.subscribe(Channel::V4, "u", None, None);
+        let mut a = hub.subscribe(Channel::V4, "u", None, None).unwrap();
         next_text(&mut a).await;
         hub.close_all();
         assert!(a.frame().await.is_none());
@@ -808,12 +864,14 @@ mod tests {
     #[tokio::test]
     async fn a_replay_queues_the_historys_own_frames_and_a_too_large_one_resets() {
         let hub = hub_with(8, 4096, 100, 1 << 20);
-        let mut live = hub.subscribe(Channel::V2, "u", None, None);
+        let mut live = hub.subscribe(Channel::V2, "u", None, None).unwrap();
         next_frame(&mut live).await;
         let first = hub.publish(Channel::V2, "u", None, "m0").id.unwrap();
         let sent = next_frame(&mut live).await;
         hub.publish(Channel::V2, "u", None, "m1");
-        let mut resumed = hub.subscribe(Channel::V2, "u", Some(first.as_str()), None);
+        let mut resumed = hub
+            .subscribe(Channel::V2, "u", Some(first.as_str()), None)
+            .unwrap();
         let preamble = next_frame(&mut resumed).await;
         assert!(preamble.starts_with(b"retry:"));
         let replayed = next_frame(&mut resumed).await;
@@ -824,7 +882,9 @@ mod tests {
         assert_ne!(sent.as_ptr(), replayed.as_ptr());
         // 4,500 bytes more: what was missed since `first` no longer fits a 4 KiB queue.
         hub.publish(Channel::V2, "u", None, &"x".repeat(4500));
-        let mut too_much = hub.subscribe(Channel::V2, "u", Some(first.as_str()), None);
+        let mut too_much = hub
+            .subscribe(Channel::V2, "u", Some(first.as_str()), None)
+            .unwrap();
         next_frame(&mut too_much).await;
         let reset = String::from_utf8(next_frame(&mut too_much).await.to_vec()).unwrap();
         assert!(reset.contains("event: reset\n"), "{reset}");
@@ -835,8 +895,8 @@ mod tests {
     #[tokio::test]
     async fn a_queue_over_its_byte_limit_closes_that_connection_only() {
         let hub = hub_with(1000, 2048, 100, 1 << 20);
-        let _stalled = hub.subscribe(Channel::V2, "u", None, None);
-        let mut reader = hub.subscribe(Channel::V2, "u", None, None);
+        let _stalled = hub.subscribe(Channel::V2, "u", None, None).unwrap();
+        let mut reader = hub.subscribe(Channel::V2, "u", None, None).unwrap();
         next_frame(&mut reader).await;
         let body = "y".repeat(500);
         let mut reached = Vec::new();
@@ -857,7 +917,10 @@ mod tests {
         let held = |hub: &Hub| hub.inner.history_bytes.load(Ordering::Relaxed);
         let mut subs = Vec::new();
         for i in 0..50 {
-            subs.push(hub.subscribe(Channel::V2, &format!("u{i}"), None, None));
+            subs.push(
+                hub.subscribe(Channel::V2, &format!("u{i}"), None, None)
+                    .unwrap(),
+            );
         }
         for round in 0..20 {
             for i in 0..50 {
@@ -873,12 +936,14 @@ mod tests {
             held(&hub)
         );
         // A message that was not kept cannot be resumed across: its successor's resume resets.
-        let mut sub = hub.subscribe(
-            Channel::V2,
-            "u0",
-            Some(&format!("{}-1", hub.inner.boot)),
-            None,
-        );
+        let mut sub = hub
+            .subscribe(
+                Channel::V2,
+                "u0",
+                Some(&format!("{}-1", hub.inner.boot)),
+                None,
+            )
+            .unwrap();
         next_frame(&mut sub).await;
         assert!(
             next_frame(&mut sub)
@@ -891,9 +956,9 @@ mod tests {
     #[tokio::test]
     async fn a_broadcast_is_one_frame_with_one_id_for_every_user() {
         let hub = hub(8, 10);
-        let mut a = hub.subscribe(Channel::V2, "a", None, None);
-        let mut b = hub.subscribe(Channel::V2, "b", None, None);
-        let mut other = hub.subscribe(Channel::V3, "a", None, None);
+        let mut a = hub.subscribe(Channel::V2, "a", None, None).unwrap();
+        let mut b = hub.subscribe(Channel::V2, "b", None, None).unwrap();
+        let mut other = hub.subscribe(Channel::V3, "a", None, None).unwrap();
         next_frame(&mut a).await;
         next_frame(&mut b).await;
         next_frame(&mut other).await;
@@ -911,11 +976,13 @@ mod tests {
     async fn users_without_history_or_connection_hold_no_entry() {
         let hub = hub(8, 10);
         for i in 0..1000 {
-            let sub = hub.subscribe(Channel::V2, &format!("user-{i}"), Some("1-1"), None);
+            let sub = hub
+                .subscribe(Channel::V2, &format!("user-{i}"), Some("1-1"), None)
+                .unwrap();
             drop(sub);
         }
         assert_eq!(hub.registry_size(), (0, 0));
-        let sub = hub.subscribe(Channel::V2, "kept", None, None);
+        let sub = hub.subscribe(Channel::V2, "kept", None, None).unwrap();
         hub.publish(Channel::V2, "kept", None, "m");
         drop(sub);
         assert_eq!(hub.registry_size(), (0, 1));

@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -33,10 +33,12 @@ use bytes::Bytes;
 use http_body::Body as _;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::api::ConnectionKill;
+use super::Connection;
+use crate::api::{ConnectionKill, PeerAddr};
 
 /// Largest request head taken by the lean path; a longer one (say, many cookies) goes to hyper.
 /// Peeked into a stack buffer, so it costs nothing per connection.
@@ -155,13 +157,13 @@ fn plain_header(name: &HeaderName, value: &HeaderValue) -> bool {
 }
 
 /// Serves one lean request: consumes its head, asks the router for the response and writes
-/// it. Ends early when `kill` fires or the client goes away.
-pub async fn serve(
+/// it. Ends early when the connection's kill fires, the client goes away or accepts no byte
+/// for the write timeout.
+pub(crate) async fn serve(
     stream: &mut TcpStream,
     sse: Box<SseRequest>,
     app: &Router,
-    stop: &CancellationToken,
-    kill: &CancellationToken,
+    conn: &Connection,
 ) -> After {
     let SseRequest {
         head_len,
@@ -172,18 +174,46 @@ pub async fn serve(
     }
     request
         .extensions_mut()
-        .insert(ConnectionKill(kill.clone()));
+        .insert(ConnectionKill(conn.kill.clone()));
+    request.extensions_mut().insert(PeerAddr(conn.peer));
     let response = match app.clone().oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
+    let close = asks_to_close(&response);
     let (head, body, chunked) = encode_head(response);
-    let after = write_response(stream, head, body, chunked, kill).await;
-    if after == After::KeepAlive && stop.is_cancelled() {
+    let write_timeout = conn.settings.write_timeout;
+    let after = match write_response(stream, head, body, chunked, &conn.kill, write_timeout).await {
+        Written::Done(after) => after,
+        Written::TimedOut => {
+            conn.settings
+                .metrics
+                .write_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %conn.peer, "client accepted no byte within the write timeout; closing");
+            After::Close
+        }
+    };
+    if close {
+        return After::Close;
+    }
+    if after == After::KeepAlive && conn.stop.is_cancelled() {
         // Shutting down: like hyper's graceful shutdown, close once the response is complete.
         return After::Close;
     }
     after
+}
+
+/// Whether the router's response says the connection ends with it (`Connection: close`, as a
+/// refusal by a limit does).
+fn asks_to_close(response: &Response<Body>) -> bool {
+    response
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("close"))
 }
 
 /// Reads (drops) exactly the `len` bytes of the head that [`peek`] saw.
@@ -251,20 +281,33 @@ fn encode_head(response: Response<Body>) -> (Vec<u8>, Body, bool) {
     (head, body, chunked)
 }
 
-/// Writes the head, then the body until it ends, the client goes away or `kill` fires.
+/// How writing a response ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// Complete, or ended early (client gone, killed, failed): what to do next.
+    Done(After),
+    /// The client accepted no byte for the write timeout while data waited.
+    TimedOut,
+}
+
+/// Writes the head, then the body until it ends, the client goes away, `kill` fires or the
+/// socket takes no byte for `write_timeout`.
 async fn write_response(
     stream: &TcpStream,
     head: Vec<u8>,
     body: Body,
     chunked: bool,
     kill: &CancellationToken,
-) -> After {
+    write_timeout: Duration,
+) -> Written {
     let mut pump = Pump {
         stream,
         body,
         chunked,
         unwritten: vec![Bytes::from(head)],
         ending: false,
+        write_timeout,
+        stalled: None,
     };
     // Only a streamed body (an SSE stream) watches the socket for the client going away: that
     // reads, and drops, what the client sends. A sized body (an error answer) is short, and the
@@ -273,20 +316,21 @@ async fn write_response(
     let done = if chunked {
         tokio::select! {
             done = poll_fn(|cx| pump.poll(cx)) => done,
-            () = client_gone(stream, &discarded) => return After::Close,
-            () = kill.cancelled() => return After::Close,
+            () = client_gone(stream, &discarded) => return Written::Done(After::Close),
+            () = kill.cancelled() => return Written::Done(After::Close),
         }
     } else {
         tokio::select! {
             done = poll_fn(|cx| pump.poll(cx)) => done,
-            () = kill.cancelled() => return After::Close,
+            () = kill.cancelled() => return Written::Done(After::Close),
         }
     };
     match done {
         // Bytes were dropped while streaming: what follows cannot be parsed as a request.
-        Ok(()) if discarded.load(Ordering::Relaxed) => After::Close,
-        Ok(()) => After::KeepAlive,
-        Err(_) => After::Close,
+        Ok(()) if discarded.load(Ordering::Relaxed) => Written::Done(After::Close),
+        Ok(()) => Written::Done(After::KeepAlive),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Written::TimedOut,
+        Err(_) => Written::Done(After::Close),
     }
 }
 
@@ -303,6 +347,10 @@ struct Pump<'a> {
     unwritten: Vec<Bytes>,
     /// The body ended: done once `unwritten` (holding the terminating chunk) is written.
     ending: bool,
+    /// Longest the socket may take no byte while `unwritten` waits.
+    write_timeout: Duration,
+    /// Armed when the socket stopped taking bytes (only then allocated); disarmed by progress.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 /// Writes at most [`TURN_BYTES`] of `slices` once, without waiting; `WouldBlock` counts as 0
@@ -349,6 +397,17 @@ fn advance(pieces: &mut Vec<Bytes>, mut n: usize) {
 }
 
 impl Pump<'_> {
+    /// The socket takes nothing now: pending until it does (its readiness is registered), or
+    /// the write timeout's error once it has taken nothing for that long.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let timeout = self.write_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Bytes written in this turn; past TURN_BYTES the task yields (and wakes itself).
         let mut turn = 0;
@@ -359,13 +418,18 @@ impl Pump<'_> {
             }
             // First whatever the socket did not take last time.
             if !self.unwritten.is_empty() {
-                ready!(self.stream.poll_write_ready(cx))?;
+                if self.stream.poll_write_ready(cx)?.is_pending() {
+                    return self.poll_stalled(cx);
+                }
                 let mut slices = [IoSlice::new(&[]); MAX_BATCH + 3];
                 let count = self.unwritten.len().min(slices.len());
                 for (slice, piece) in slices.iter_mut().zip(&self.unwritten) {
                     *slice = IoSlice::new(piece);
                 }
                 let n = try_write(self.stream, &slices[..count])?;
+                if n > 0 {
+                    self.stalled = None;
+                }
                 turn += n;
                 advance(&mut self.unwritten, n);
                 if self.unwritten.is_empty() {
@@ -424,6 +488,9 @@ impl Pump<'_> {
                 };
             }
             let written = try_write(self.stream, &slices[..used])?;
+            if written > 0 {
+                self.stalled = None;
+            }
             turn += written;
             let total: usize = slices[..used].iter().map(|s| s.len()).sum();
             if written < total {
@@ -683,8 +750,9 @@ mod tests {
                 .body(Body::from("{}"))
                 .unwrap();
             let (head, body, chunked) = encode_head(response);
-            let after = write_response(&server, head, body, chunked, &kill).await;
-            assert_eq!(after, After::KeepAlive);
+            let after =
+                write_response(&server, head, body, chunked, &kill, Duration::from_secs(30)).await;
+            assert_eq!(after, Written::Done(After::KeepAlive));
             let mut buf = [0u8; 64];
             let n = server.try_read(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"GET /healthz HTTP/1.1\r\n\r\n");

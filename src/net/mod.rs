@@ -11,6 +11,9 @@
 pub mod hyper_conn;
 pub mod lean;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -25,6 +28,27 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 /// How long a client may take to send a request head.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every connection needs to know besides the router.
+pub struct Settings {
+    /// How long shutdown lets responses in flight finish before closing connections.
+    pub grace: Duration,
+    /// A connection whose client accepts no byte for this long while data waits is closed.
+    pub write_timeout: Duration,
+    /// Connections (of any kind) open at once; beyond it a new connection is answered `503`
+    /// and closed at once, so the process never runs out of file descriptors. `None`: no
+    /// budget (the open-file limit is unknown).
+    pub max_open: Option<usize>,
+    /// Counters for write timeouts and connections refused at accept.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// File descriptors left to the store, the Kafka client and logs when every other one is a
+/// connection: [`Settings::max_open`] is the open-file limit minus this.
+pub const FD_RESERVE: u64 = 32;
+
+/// The answer to a connection accepted beyond [`Settings::max_open`], written without reading.
+const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 87\r\n\r\n{\"error\":\"the server holds its maximum of connections; try again later\",\"retryAfter\":5}";
 
 /// Least time between two "accept failed" log lines.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -79,7 +103,14 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 ///
 /// Whoever cancels `stop` also ends the open streams (the Hub's `close_all`); this loop only
 /// handles connections.
-pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    settings: Settings,
+) {
+    let settings = Arc::new(settings);
+    let grace = settings.grace;
     let connections = TaskTracker::new();
     let mut accept_log = LogLimit::new(ACCEPT_LOG_INTERVAL);
     // Cancelled when the grace period is over: every connection still open is dropped.
@@ -88,9 +119,21 @@ pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, 
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
+                    if settings.max_open.is_some_and(|max| connections.len() >= max) {
+                        // At the descriptor budget: say so and let go at once.
+                        settings.metrics.accept_refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = stream.try_write(FULL_RESPONSE);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(stream, app.clone(), stop.clone(), hard_stop.child_token()));
+                    let conn = Connection {
+                        peer,
+                        settings: settings.clone(),
+                        stop: stop.clone(),
+                        kill: hard_stop.child_token(),
+                    };
+                    connections.spawn(serve_connection(stream, app.clone(), conn));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning, and log at most
@@ -122,14 +165,21 @@ pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, 
     }
 }
 
+/// One accepted connection's context.
+pub(crate) struct Connection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    pub settings: Arc<Settings>,
+    /// Cancelled at shutdown: finish the response in flight, then close.
+    pub stop: CancellationToken,
+    /// Closes the connection now (slow consumer, end of the grace period).
+    pub kill: CancellationToken,
+}
+
 /// Serves one TCP connection: SSE subscriptions on the [`lean`] path while the requests are
 /// plain SSE GETs, then (for anything else) hyper on the same, unconsumed socket.
-async fn serve_connection(
-    mut stream: TcpStream,
-    app: Router,
-    stop: CancellationToken,
-    kill: CancellationToken,
-) {
+async fn serve_connection(mut stream: TcpStream, app: Router, conn: Connection) {
+    let (stop, kill) = (&conn.stop, &conn.kill);
     loop {
         let peeked = tokio::select! {
             peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, lean::peek(&stream)) => match peeked {
@@ -144,19 +194,30 @@ async fn serve_connection(
             lean::Peeked::Closed => return,
             lean::Peeked::Hyper => break,
             lean::Peeked::Sse(request) => {
-                if lean::serve(&mut stream, request, &app, &stop, &kill).await == lean::After::Close
-                {
+                if lean::serve(&mut stream, request, &app, &conn).await == lean::After::Close {
                     return;
                 }
             }
         }
     }
-    hyper_conn::serve(stream, app, stop, kill).await;
+    hyper_conn::serve(stream, app, conn).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_full_answer_is_well_formed() {
+        let text = std::str::from_utf8(FULL_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["retryAfter"], 5);
+    }
 
     #[test]
     fn accept_errors_are_logged_at_most_once_per_interval() {

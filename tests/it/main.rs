@@ -8,6 +8,7 @@ mod tansu;
 mod input;
 mod kafka;
 mod lean;
+mod limits;
 mod memory;
 mod ops;
 mod push;

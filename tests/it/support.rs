@@ -337,8 +337,23 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts the binary with `args` on 127.0.0.1:0 and waits for its "listening" line.
     pub async fn start(args: &[&str]) -> ChildServer {
+        let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"));
+        Self::start_command(command, args).await
+    }
+
+    /// Like [`ChildServer::start`], with the open-file limit (`ulimit -n`) set to `open_files`.
+    pub async fn start_with_open_files(open_files: u32, args: &[&str]) -> ChildServer {
+        let mut command = tokio::process::Command::new("sh");
+        command.args([
+            "-c",
+            &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_server_sent_events"),
+        ]);
+        Self::start_command(command, args).await
+    }
+
+    async fn start_command(mut command: tokio::process::Command, args: &[&str]) -> ChildServer {
         let data_dir = tempfile::tempdir().unwrap();
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"));
         if !args.contains(&"--bind") {
             command.args(["--bind", "127.0.0.1:0"]);
         }
