@@ -127,11 +127,10 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn ReportStore>, StoreEr
         StoreKind::Dynamodb => Arc::new(DynamoStore::connect(dynamo_config(config)).await?),
         _ => {
             let path = config.database.clone();
-            Arc::new(
-                tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))??,
-            )
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            Arc::new(store.with_timeout(config.store_timeout))
         }
     })
 }

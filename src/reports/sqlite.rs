@@ -2,21 +2,21 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::status::ReportStatus;
-use super::store::{
-    ConditionalStatusWrite, Report, ReportStore, StoreError, TransitionError, timestamp,
-    transition_checked,
-};
+use super::store::{Report, ReportStore, StoreError, TransitionError, timestamp};
 use crate::domain::{ReportId, UserId};
 
-/// How long a statement waits for a lock held by another connection (another process on
-/// the same file) before failing with `Unavailable`.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an operation may take, waiting for locks included, unless
+/// [`SqliteStore::with_timeout`] says otherwise (the default `--store-timeout`).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The longest the readiness probe waits for the write lock.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS reports (
@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS reports (
     updated_at TEXT
 );
 CREATE INDEX IF NOT EXISTS reports_user_created ON reports (user_id, created_at);
+CREATE TABLE IF NOT EXISTS store_probe (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    probed_at TEXT NOT NULL
+);
 ";
 
 const COLUMNS: &str = "report_id, user_id, status, created_at";
@@ -109,24 +113,33 @@ fn sql_error(err: rusqlite::Error) -> StoreError {
 }
 
 /// SQLite-backed [`ReportStore`].
+///
+/// Every write is an explicit `BEGIN IMMEDIATE … COMMIT` whose commit is checked, so a write
+/// that reports success is durable and one that reports failure left nothing behind. Each
+/// operation has a deadline (`--store-timeout`): waiting for the connection and for another
+/// process's lock counts against it, and a write whose deadline passed before its commit is
+/// rolled back, so nothing lands after the caller gave up.
 #[derive(Clone)]
 pub struct SqliteStore {
     /// One connection behind a std `Mutex`: `rusqlite::Connection` is `Send` but not `Sync`,
     /// SQLite runs one writer at a time anyway, and the lock is only ever taken inside
-    /// `spawn_blocking` for one short statement (never held across an `.await`).
+    /// `spawn_blocking` for one short transaction (never held across an `.await`).
     conn: Arc<Mutex<Connection>>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, its parent directories and
-    /// the schema; enables WAL mode, `synchronous=FULL` (a returned write is durable) and a
-    /// busy timeout. Fails with `Unavailable` when the file or directory cannot be opened.
+    /// the schema; enables WAL mode and `synchronous=FULL` (a committed write is durable).
+    /// Fails with `Unavailable` when the file or directory cannot be opened.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -136,6 +149,7 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(|e| {
             StoreError::Unavailable(format!("cannot open sqlite {}: {e}", path.display()))
         })?;
+        conn.busy_timeout(DEFAULT_TIMEOUT).map_err(sql_error)?;
         // `journal_mode` answers with the mode in force, so it is read as a query.
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
@@ -151,32 +165,91 @@ impl SqliteStore {
         Self::init(Connection::open_in_memory().map_err(sql_error)?)
     }
 
+    /// The same store with `timeout` as every operation's deadline (`--store-timeout`).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     fn init(conn: Connection) -> Result<Self, StoreError> {
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_error)?;
+        conn.busy_timeout(DEFAULT_TIMEOUT).map_err(sql_error)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql_error)?;
         conn.execute_batch(SCHEMA).map_err(sql_error)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            timeout: DEFAULT_TIMEOUT,
         })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
-    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` with the connection on the blocking pool, within `limit` from now: the time
+    /// spent waiting for the connection counts, and what is left becomes SQLite's busy
+    /// timeout, so a lock held by another process makes the operation fail, not wait on.
+    async fn with_conn<T, F>(&self, limit: Duration, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection, Instant) -> Result<T, StoreError> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
+        let deadline = Instant::now() + limit;
         tokio::task::spawn_blocking(move || {
-            // A poisoned lock only means a panic elsewhere while holding it; every statement
-            // is atomic in SQLite, so the connection is still consistent.
+            // A poisoned lock only means a panic elsewhere while holding it; every
+            // transaction is rolled back or committed before the lock is released.
             let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&conn)
+            let left = time_left(deadline)?;
+            conn.busy_timeout(left).map_err(sql_error)?;
+            f(&conn, deadline)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("sqlite worker failed: {e}")))?
     }
+
+    /// Runs `body` in a write transaction (`BEGIN IMMEDIATE`, so the write lock is taken
+    /// first and no statement inside waits for it) and commits it, checked, unless the
+    /// deadline passed or `body` failed: then it is rolled back and nothing was written.
+    async fn write<T, F>(&self, body: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with_conn(self.timeout, move |conn, deadline| {
+            in_transaction(conn, deadline, body)
+        })
+        .await
+    }
+}
+
+/// What is left until `deadline`, or the error of an operation that ran out of time.
+fn time_left(deadline: Instant) -> Result<Duration, StoreError> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+        .ok_or_else(|| {
+            StoreError::Unavailable("sqlite: timed out waiting for the database".to_owned())
+        })
+}
+
+/// `BEGIN IMMEDIATE`, `body`, then `COMMIT` if `body` succeeded and the deadline has not
+/// passed; otherwise (or when the commit fails, e.g. a full disk) `ROLLBACK`.
+fn in_transaction<T>(
+    conn: &Connection,
+    deadline: Instant,
+    body: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_error)?;
+    let outcome = body(conn).and_then(|value| {
+        time_left(deadline)?;
+        conn.execute_batch("COMMIT").map_err(sql_error)?;
+        Ok(value)
+    });
+    if outcome.is_err() && !conn.is_autocommit() {
+        // The transaction is still open: undo it. A failed rollback leaves SQLite to roll
+        // back on its own (the journal is never committed), so its error changes nothing.
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::warn!(error = %e, "sqlite rollback failed");
+        }
+    }
+    outcome
 }
 
 fn select_one(
@@ -203,7 +276,7 @@ impl ReportStore for SqliteStore {
     async fn create(&self, user: UserId) -> Result<Report, StoreError> {
         let report = Report::new_pending(user);
         let row = SqliteRow::try_from(&report)?;
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO reports (report_id, user_id, status, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -223,12 +296,13 @@ impl ReportStore for SqliteStore {
     }
 
     async fn get(&self, user: UserId, report: ReportId) -> Result<Option<Report>, StoreError> {
-        self.read(user, report).await
+        self.with_conn(self.timeout, move |conn, _| select_one(conn, user, report))
+            .await
     }
 
     async fn list(&self, user: UserId) -> Result<Vec<Report>, StoreError> {
         let rows = self
-            .with_conn(move |conn| {
+            .with_conn(self.timeout, move |conn, _| {
                 let mut stmt = conn
                     .prepare_cached(&format!(
                         "SELECT {COLUMNS} FROM reports WHERE user_id = ?1 \
@@ -250,67 +324,72 @@ impl ReportStore for SqliteStore {
         Ok(reports)
     }
 
+    /// One transaction: read, check with the state machine, update, commit. The write lock
+    /// is held from the read on, so no other writer can come in between and there is no
+    /// race to retry; the whole of it shares one deadline.
     async fn transition(
         &self,
         user: UserId,
         report: ReportId,
         to: ReportStatus,
     ) -> Result<Report, TransitionError> {
-        transition_checked(self, user, report, to).await
+        let now = format_time(timestamp::now_millis())?;
+        self.write(move |conn| {
+            let Some(current) = select_one(conn, user, report)? else {
+                return Ok(Err(TransitionError::NotFound));
+            };
+            if !current.report_status.can_transition_to(to) {
+                return Ok(Err(TransitionError::invalid(current.report_status)));
+            }
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE reports SET status = ?1, updated_at = ?2 \
+                     WHERE report_id = ?3 AND user_id = ?4",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        to.as_str(),
+                        now,
+                        report.to_string(),
+                        user.to_string()
+                    ])
+                })
+                .map_err(sql_error)?;
+            if changed != 1 {
+                return Err(StoreError::Unavailable(format!(
+                    "sqlite: the update of report {report} changed {changed} rows"
+                )));
+            }
+            Ok(Ok(Report {
+                report_status: to,
+                ..current
+            }))
+        })
+        .await?
     }
 
+    /// Ready means writable: commits a row of its own (a full disk, a lock held by another
+    /// process or a read-only file all fail it) and reads the reports table.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with_conn(|conn| {
+        let now = format_time(timestamp::now_millis())?;
+        self.with_conn(self.timeout.min(PROBE_TIMEOUT), move |conn, deadline| {
             conn.query_row("SELECT count(*) FROM reports WHERE 0", [], |_| Ok(()))
+                .map_err(sql_error)?;
+            in_transaction(conn, deadline, |conn| {
+                conn.execute(
+                    "INSERT INTO store_probe (id, probed_at) VALUES (1, ?1) \
+                     ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+                    params![now],
+                )
                 .map_err(sql_error)
+            })
+            .map(drop)
         })
         .await
     }
 
     fn name(&self) -> &'static str {
         "sqlite"
-    }
-}
-
-#[async_trait]
-impl ConditionalStatusWrite for SqliteStore {
-    async fn read(&self, user: UserId, report: ReportId) -> Result<Option<Report>, StoreError> {
-        self.with_conn(move |conn| select_one(conn, user, report))
-            .await
-    }
-
-    async fn write_if(
-        &self,
-        user: UserId,
-        report: ReportId,
-        expected: ReportStatus,
-        to: ReportStatus,
-    ) -> Result<Option<Report>, StoreError> {
-        let now = format_time(timestamp::now_millis())?;
-        let row = self
-            .with_conn(move |conn| {
-                conn.prepare_cached(&format!(
-                    "UPDATE reports SET status = ?1, updated_at = ?2 \
-                     WHERE report_id = ?3 AND user_id = ?4 AND status = ?5 \
-                     RETURNING {COLUMNS}"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.query_row(
-                        params![
-                            to.as_str(),
-                            now,
-                            report.to_string(),
-                            user.to_string(),
-                            expected.as_str()
-                        ],
-                        SqliteRow::from_row,
-                    )
-                    .optional()
-                })
-                .map_err(sql_error)
-            })
-            .await?;
-        row.map(Report::try_from).transpose()
     }
 }
 
@@ -381,7 +460,7 @@ mod tests {
         let report = ReportId::new_v4();
         let (u, r) = (user.to_string(), report.to_string());
         store
-            .with_conn(move |conn| {
+            .with_conn(Duration::from_secs(1), move |conn, _| {
                 conn.execute(
                     "INSERT INTO reports (report_id, user_id, status, created_at) VALUES (?1, ?2, 'bogus', 'x')",
                     params![r, u],

@@ -14,5 +14,6 @@ mod ops;
 mod push;
 mod reports_script;
 mod slow;
+mod store_faults;
 mod v1;
 mod v4;

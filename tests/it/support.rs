@@ -343,13 +343,24 @@ impl ChildServer {
 
     /// Like [`ChildServer::start`], with the open-file limit (`ulimit -n`) set to `open_files`.
     pub async fn start_with_open_files(open_files: u32, args: &[&str]) -> ChildServer {
+        Self::start_under(&format!("ulimit -n {open_files}"), args).await
+    }
+
+    /// Like [`ChildServer::start`], after the shell commands `setup` (e.g. `ulimit -f 200`);
+    /// the shell then execs the server, so the PID is the server's.
+    pub async fn start_under(setup: &str, args: &[&str]) -> ChildServer {
         let mut command = tokio::process::Command::new("sh");
         command.args([
             "-c",
-            &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""),
+            &format!("{setup} && exec \"$0\" \"$@\""),
             env!("CARGO_BIN_EXE_server_sent_events"),
         ]);
         Self::start_command(command, args).await
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
     }
 
     async fn start_command(mut command: tokio::process::Command, args: &[&str]) -> ChildServer {
