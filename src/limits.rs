@@ -124,7 +124,9 @@ pub struct Limits {
 /// Holds one stream's place in the budgets; dropping it gives the place back.
 pub struct StreamPermit {
     limits: Arc<Limits>,
-    ip: Option<IpAddr>,
+    /// The address it counts against, when `--max-connections-per-ip` is on. Boxed: every
+    /// stream holds a permit, and without the per-address limit this is one pointer.
+    ip: Option<Box<IpAddr>>,
 }
 
 impl Limits {
@@ -205,7 +207,7 @@ impl Limits {
                     return Err(Refusal::PerIp { limit: max });
                 }
                 *count += 1;
-                Some(key)
+                Some(Box::new(key))
             }
             _ => None,
         };
@@ -229,12 +231,12 @@ impl Limits {
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
-        if let Some(ip) = self.ip {
+        if let Some(ip) = self.ip.take() {
             let mut table = lock(&self.limits.per_ip);
-            if let Some(count) = table.get_mut(&ip) {
+            if let Some(count) = table.get_mut(&*ip) {
                 *count -= 1;
                 if *count == 0 {
-                    table.remove(&ip);
+                    table.remove(&*ip);
                 }
             }
         }

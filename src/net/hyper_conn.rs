@@ -53,7 +53,7 @@ pub(crate) async fn serve(stream: TcpStream, app: Router, conn: Connection) {
         .keep_alive(true);
     let io = TimedIo {
         stream,
-        timeout: conn.settings.write_timeout,
+        timeout: conn.shared.settings.write_timeout,
         stalled: None,
     };
     let mut http = builder.serve_connection(TokioIo::new(io), service);
@@ -78,7 +78,8 @@ pub(crate) async fn serve(stream: TcpStream, app: Router, conn: Connection) {
             }
         }
         Err(e) if is_write_timeout(&e) => {
-            conn.settings
+            conn.shared
+                .settings
                 .metrics
                 .write_timeouts
                 .fetch_add(1, Ordering::Relaxed);
@@ -115,8 +116,13 @@ async fn linger(mut stream: TcpStream) {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return,
         }
-        let mut buf = [0u8; 8192];
-        match stream.try_read(&mut buf) {
+        // In a block of its own: a buffer alive across the `.await` would be part of the
+        // connection's future.
+        let read = {
+            let mut buf = [0u8; 8192];
+            stream.try_read(&mut buf)
+        };
+        match read {
             Ok(0) => return,
             Ok(n) => dropped += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

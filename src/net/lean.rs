@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Body;
@@ -33,11 +33,12 @@ use bytes::Bytes;
 use http_body::Body as _;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, PollSemaphore};
 use tower::ServiceExt;
 
-use super::Connection;
+use super::{Connection, Shared};
 use crate::api::{ConnectionKill, PeerAddr};
 
 /// Largest request head taken by the lean path; a longer one (say, many cookies) goes to hyper.
@@ -52,6 +53,14 @@ const MAX_BATCH: usize = 32;
 /// large broadcast let every connection copy up to its whole send buffer (MBs) in one go, and
 /// a request arriving meanwhile waited for all of them.
 const TURN_BYTES: usize = 64 * 1024;
+/// Bytes a connection writes per wake-up without a bulk slot: enough for the messages of
+/// ordinary traffic, which therefore never touch the slots.
+const FREE_BYTES: usize = 4 * 1024;
+/// Connections that may write a backlog (more than [`FREE_BYTES`] per wake-up) at once; the
+/// others wait their turn, in order, outside the run queue. A 458 KB broadcast to 10,000 idle
+/// clients had 10,000 connections each copying 64 KiB per turn ahead of any request that
+/// arrived; with the slots, a request waits behind at most this many turns.
+pub(crate) const BULK_SLOTS: usize = 32;
 /// The paths served here. Anything else, even a near miss, is hyper's (and the router's).
 const SSE_PATHS: [&str; 3] = ["/v2/sse", "/v3/sse", "/v4/sse"];
 
@@ -182,11 +191,11 @@ pub(crate) async fn serve(
     };
     let close = asks_to_close(&response);
     let (head, body, chunked) = encode_head(response);
-    let write_timeout = conn.settings.write_timeout;
-    let after = match write_response(stream, head, body, chunked, &conn.kill, write_timeout).await {
+    let after = match write_response(stream, head, body, chunked, &conn.kill, &conn.shared).await {
         Written::Done(after) => after,
         Written::TimedOut => {
-            conn.settings
+            conn.shared
+                .settings
                 .metrics
                 .write_timeouts
                 .fetch_add(1, Ordering::Relaxed);
@@ -298,7 +307,7 @@ async fn write_response(
     body: Body,
     chunked: bool,
     kill: &CancellationToken,
-    write_timeout: Duration,
+    shared: &Shared,
 ) -> Written {
     let mut pump = Pump {
         stream,
@@ -306,8 +315,8 @@ async fn write_response(
         chunked,
         unwritten: vec![Bytes::from(head)],
         ending: false,
-        write_timeout,
-        stalled: None,
+        shared,
+        backlog: None,
     };
     // Only a streamed body (an SSE stream) watches the socket for the client going away: that
     // reads, and drops, what the client sends. A sized body (an error answer) is short, and the
@@ -347,17 +356,27 @@ struct Pump<'a> {
     unwritten: Vec<Bytes>,
     /// The body ended: done once `unwritten` (holding the terminating chunk) is written.
     ending: bool,
-    /// Longest the socket may take no byte while `unwritten` waits.
-    write_timeout: Duration,
-    /// Armed when the socket stopped taking bytes (only then allocated); disarmed by progress.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// The write timeout and the [`BULK_SLOTS`], shared by every connection.
+    shared: &'a Shared,
+    /// What only a connection with a backlog needs, allocated the first time it has one: a
+    /// stream that keeps up never pays for it.
+    backlog: Option<Box<Backlog>>,
 }
 
-/// Writes at most [`TURN_BYTES`] of `slices` once, without waiting; `WouldBlock` counts as 0
+/// The state of a connection that had more to write than the socket or its turn took.
+struct Backlog {
+    /// Armed when the socket stopped taking bytes; disarmed by progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+    /// Its place in the queue for a bulk slot.
+    queue: PollSemaphore,
+    /// The slot, while it holds one.
+    held: Option<OwnedSemaphorePermit>,
+}
+
+/// Writes at most `room` bytes of `slices` once, without waiting; `WouldBlock` counts as 0
 /// bytes written.
-fn try_write(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+fn try_write(stream: &TcpStream, slices: &[IoSlice<'_>], mut room: usize) -> io::Result<usize> {
     let mut capped = [IoSlice::new(&[]); MAX_BATCH + 3];
-    let mut room = TURN_BYTES;
     let mut count = 0;
     for (slot, slice) in capped.iter_mut().zip(slices) {
         if room == 0 {
@@ -400,25 +419,87 @@ impl Pump<'_> {
     /// The socket takes nothing now: pending until it does (its readiness is registered), or
     /// the write timeout's error once it has taken nothing for that long.
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let timeout = self.write_timeout;
+        let timeout = self.shared.settings.write_timeout;
         let timer = self
+            .backlog()
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(timer.as_mut().poll(cx));
         Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
     }
 
+    fn backlog(&mut self) -> &mut Backlog {
+        let slots = &self.shared.slots;
+        self.backlog.get_or_insert_with(|| {
+            Box::new(Backlog {
+                stalled: None,
+                queue: PollSemaphore::new(slots.clone()),
+                held: None,
+            })
+        })
+    }
+
+    /// Progress was made: the write timeout starts again when the socket next fills up.
+    fn progressed(&mut self) {
+        if let Some(backlog) = &mut self.backlog {
+            backlog.stalled = None;
+        }
+    }
+
+    fn holds_slot(&self) -> bool {
+        self.backlog.as_ref().is_some_and(|b| b.held.is_some())
+    }
+
+    /// Ready once this connection holds a bulk slot; pending (in the queue for one) until then.
+    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let backlog = self.backlog();
+        if backlog.held.is_none() {
+            // `None` (the semaphore closed) cannot happen: it is never closed.
+            backlog.held = ready!(backlog.queue.poll_acquire(cx));
+        }
+        Poll::Ready(())
+    }
+
+    /// Gives the bulk slot back (at the end of a backlog, or while the socket is full).
+    fn release_slot(&mut self) {
+        if let Some(backlog) = &mut self.backlog {
+            backlog.held = None;
+        }
+    }
+
+    /// Pending, with the slot given back: the task is woken by the socket or the body.
+    fn idle<T>(&mut self) -> Poll<T> {
+        self.release_slot();
+        Poll::Pending
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Bytes written in this turn; past TURN_BYTES the task yields (and wakes itself).
+        // Bytes written in this wake-up: FREE_BYTES without a bulk slot, TURN_BYTES with one;
+        // then the task yields (and wakes itself).
         let mut turn = 0;
         loop {
-            if turn >= TURN_BYTES {
+            let budget = if self.holds_slot() {
+                TURN_BYTES
+            } else {
+                FREE_BYTES
+            };
+            if turn >= budget {
+                if budget == FREE_BYTES {
+                    ready!(self.poll_slot(cx));
+                    continue;
+                }
+                // A bulk turn is over. Others may be waiting for a slot: then queue again.
+                if self.shared.slots.available_permits() == 0 {
+                    self.release_slot();
+                }
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
+            let room = budget - turn;
             // First whatever the socket did not take last time.
             if !self.unwritten.is_empty() {
                 if self.stream.poll_write_ready(cx)?.is_pending() {
+                    self.release_slot();
                     return self.poll_stalled(cx);
                 }
                 let mut slices = [IoSlice::new(&[]); MAX_BATCH + 3];
@@ -426,9 +507,9 @@ impl Pump<'_> {
                 for (slice, piece) in slices.iter_mut().zip(&self.unwritten) {
                     *slice = IoSlice::new(piece);
                 }
-                let n = try_write(self.stream, &slices[..count])?;
+                let n = try_write(self.stream, &slices[..count], room)?;
                 if n > 0 {
-                    self.stalled = None;
+                    self.progressed();
                 }
                 turn += n;
                 advance(&mut self.unwritten, n);
@@ -484,12 +565,12 @@ impl Pump<'_> {
                 return if self.ending {
                     Poll::Ready(Ok(()))
                 } else {
-                    Poll::Pending
+                    self.idle()
                 };
             }
-            let written = try_write(self.stream, &slices[..used])?;
+            let written = try_write(self.stream, &slices[..used], room)?;
             if written > 0 {
-                self.stalled = None;
+                self.progressed();
             }
             turn += written;
             let total: usize = slices[..used].iter().map(|s| s.len()).sum();
@@ -517,7 +598,7 @@ impl Pump<'_> {
                 return Poll::Ready(Ok(()));
             }
             if drained {
-                return Poll::Pending;
+                return self.idle();
             }
         }
     }
@@ -585,8 +666,12 @@ async fn client_gone(stream: &TcpStream, discarded: &AtomicBool) {
         if stream.readable().await.is_err() {
             return;
         }
-        let mut buf = [0u8; 256];
-        match stream.try_read(&mut buf) {
+        // Not alive across the `.await` below, so not part of the connection's future.
+        let read = {
+            let mut buf = [0u8; 256];
+            stream.try_read(&mut buf)
+        };
+        match read {
             Ok(0) => return,
             Ok(n) => {
                 discarded.store(true, Ordering::Relaxed);
@@ -735,6 +820,15 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let kill = CancellationToken::new();
+        let shared = Shared {
+            settings: super::super::Settings {
+                grace: std::time::Duration::from_secs(1),
+                write_timeout: std::time::Duration::from_secs(30),
+                max_open: None,
+                metrics: Default::default(),
+            },
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_SLOTS)),
+        };
         // select! polls its branches in random order: 20 rounds make a lucky pass of a reader
         // racing the write (which dropped the next request) vanishingly unlikely.
         for _ in 0..20 {
@@ -750,8 +844,7 @@ mod tests {
                 .body(Body::from("{}"))
                 .unwrap();
             let (head, body, chunked) = encode_head(response);
-            let after =
-                write_response(&server, head, body, chunked, &kill, Duration::from_secs(30)).await;
+            let after = write_response(&server, head, body, chunked, &kill, &shared).await;
             assert_eq!(after, Written::Done(After::KeepAlive));
             let mut buf = [0u8; 64];
             let n = server.try_read(&mut buf).unwrap();

@@ -109,7 +109,11 @@ pub async fn serve(
     stop: CancellationToken,
     settings: Settings,
 ) {
-    let settings = Arc::new(settings);
+    let shared = Arc::new(Shared {
+        settings,
+        slots: Arc::new(tokio::sync::Semaphore::new(lean::BULK_SLOTS)),
+    });
+    let settings = &shared.settings;
     let grace = settings.grace;
     let connections = TaskTracker::new();
     let mut accept_log = LogLimit::new(ACCEPT_LOG_INTERVAL);
@@ -129,7 +133,7 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     let conn = Connection {
                         peer,
-                        settings: settings.clone(),
+                        shared: shared.clone(),
                         stop: stop.clone(),
                         kill: hard_stop.child_token(),
                     };
@@ -166,10 +170,17 @@ pub async fn serve(
 }
 
 /// One accepted connection's context.
+/// The listener's settings and the bulk write slots of its connections (see [`lean`]).
+pub(crate) struct Shared {
+    pub settings: Settings,
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
 pub(crate) struct Connection {
     /// The client's address.
     pub peer: SocketAddr,
-    pub settings: Arc<Settings>,
+    /// What every connection of the listener shares (one reference per connection).
+    pub shared: Arc<Shared>,
     /// Cancelled at shutdown: finish the response in flight, then close.
     pub stop: CancellationToken,
     /// Closes the connection now (slow consumer, end of the grace period).
@@ -200,7 +211,8 @@ async fn serve_connection(mut stream: TcpStream, app: Router, conn: Connection) 
             }
         }
     }
-    hyper_conn::serve(stream, app, conn).await;
+    // Boxed: inline, hyper's connection state would be part of every lean stream's task.
+    Box::pin(hyper_conn::serve(stream, app, conn)).await;
 }
 
 #[cfg(test)]

@@ -314,6 +314,47 @@ impl RawStream {
     }
 }
 
+impl RawStream {
+    /// Reads `count` messages (skipping comments and `retry:`), each as its first `data:`
+    /// line and how many further `data:` lines it had, failing the test after [`WAIT`].
+    pub async fn read_messages(&mut self, count: usize) -> Vec<(String, usize)> {
+        let mut messages = Vec::new();
+        let mut pending = Vec::<u8>::new();
+        let mut current: Option<(String, usize)> = None;
+        let read = async {
+            while messages.len() < count {
+                let mut size = String::new();
+                assert!(
+                    self.reader.read_line(&mut size).await.unwrap() > 0,
+                    "body ended"
+                );
+                let len = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; len + 2];
+                self.reader.read_exact(&mut chunk).await.unwrap();
+                pending.extend_from_slice(&chunk[..len]);
+                let mut start = 0;
+                while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+                    let line = &pending[start..start + end];
+                    start += end + 1;
+                    if let Some(data) = line.strip_prefix(b"data: ") {
+                        match &mut current {
+                            None => current = Some((String::from_utf8_lossy(data).into_owned(), 0)),
+                            Some((_, more)) => *more += 1,
+                        }
+                    } else if line.is_empty() {
+                        messages.extend(current.take());
+                    }
+                }
+                pending.drain(..start);
+            }
+        };
+        if tokio::time::timeout(WAIT, read).await.is_err() {
+            panic!("fewer than {count} messages within {WAIT:?}");
+        }
+        messages
+    }
+}
+
 /// The whole `/metrics` text of the server at `addr`.
 pub async fn metrics_at(addr: SocketAddr) -> String {
     client()
