@@ -3,11 +3,14 @@
 
   replay:    100 POSTs of 64 KiB of newlines to one user, then 40 resumes from the first id that
              never read; prints the server's RSS growth.
+  flood:     N idle stream connections (default 19,500, above the default --max-connections
+             of 18,976 for 20,000 open files), /healthz probed meanwhile; prints how many were
+             refused with 503 and the /healthz latency while the server is full.
   broadcast: N idle streams of N users (never reading), one 64 KiB broadcast of newlines, with
              /healthz probed every 5 ms and a /v3 user's delivery (a stream the broadcast does not
              reach) timed meanwhile.
 
-Usage: bench/attack.py replay|broadcast [N]   (SERVER_BIN, default target/release/server_sent_events)
+Usage: bench/attack.py replay|flood|broadcast [N]   (SERVER_BIN, default target/release/server_sent_events)
 """
 import json, os, socket, subprocess, sys, tempfile, threading, time
 
@@ -78,6 +81,41 @@ def main():
             print(json.dumps({"mode": "replay", "rss_before_kib": before, "rss_after_kib": after,
                               "growth_mib": round((after - before) / 1024, 1)}))
             del stalled, keep
+        elif mode == "flood":
+            n = int(sys.argv[2]) if len(sys.argv) > 2 else 19500
+            health, stop = [], threading.Event()
+
+            def probe():
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    status, _ = request("GET", "/healthz")
+                    assert status == 200, status
+                    health.append((time.perf_counter() - t) * 1000)
+                    time.sleep(0.005)
+
+            p = threading.Thread(target=probe); p.start()
+            held, refused, other = [], 0, 0
+            for i in range(n):
+                s = open_stream(f"/v2/sse?username=f{i}", f"127.0.0.{2 + i % 8}")
+                s.settimeout(10)
+                head = s.recv(12)
+                if head == b"HTTP/1.1 200":
+                    held.append(s)
+                elif head == b"HTTP/1.1 503":
+                    refused += 1
+                    s.close()
+                else:
+                    other += 1
+                    s.close()
+            time.sleep(1)
+            stop.set(); p.join()
+            print(json.dumps({"mode": "flood", "attempted": n, "held": len(held), "refused_503": refused,
+                              "other": other, "healthz_n": len(health),
+                              "healthz_p50_ms": round(pct(health, 0.5), 2),
+                              "healthz_p99_ms": round(pct(health, 0.99), 2),
+                              "healthz_max_ms": round(max(health), 2),
+                              "rss_kib": rss_kib(server.pid)}))
+            del held
         else:
             streams = [open_stream(f"/v2/sse?username=b{i}", f"127.0.0.{2 + i % 8}") for i in range(n)]
             other = socket.create_connection(("127.0.0.1", PORT))
@@ -85,7 +123,7 @@ def main():
             other.recv(4096)
             time.sleep(1)
             before = rss_kib(server.pid)
-            health, deliveries = [], []
+            health, deliveries, starts = [], [], []
             stop = threading.Event()
 
             def probe():
@@ -93,6 +131,7 @@ def main():
                     t = time.perf_counter()
                     request("GET", "/healthz")
                     health.append((time.perf_counter() - t) * 1000)
+                    starts.append(t)
                     time.sleep(0.005)
 
             def watch():
@@ -114,6 +153,10 @@ def main():
             took = (time.perf_counter() - t) * 1000
             w.join(); time.sleep(0.3); stop.set(); p.join()
             peak = rss_kib(server.pid, "VmHWM")
+            if os.environ.get("ATTACK_TRACE"):
+                for at, ms in zip(starts, health):
+                    if ms > 20:
+                        print(f"healthz at {(at - t) * 1000:+.0f} ms took {ms:.0f} ms", file=sys.stderr)
             print(json.dumps({"mode": "broadcast", "streams": n, "status": status,
                               "answer": json.loads(answer), "broadcast_ms": round(took, 1),
                               "healthz_p50_ms": round(pct(health, 0.5), 2),
