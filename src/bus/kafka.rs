@@ -106,6 +106,9 @@ impl KafkaBus {
             .set("bootstrap.servers", &config.brokers)
             .set("message.timeout.ms", &timeout_ms)
             .set("acks", "all")
+            // The client's own retries (a lost acknowledgement, a reconnect) never write a
+            // record twice: the broker drops a repeat by producer id and sequence number.
+            .set("enable.idempotence", "true")
             .set("linger.ms", "0")
             .set("reconnect.backoff.max.ms", "1000")
             .create()?;
