@@ -38,6 +38,8 @@ const ATTR_UPDATED_AT: &str = "updated_at";
 /// Random id of the last conditional write, so a write whose answer was lost (and was
 /// retried by the SDK into a failed condition) can recognise itself.
 const ATTR_WRITE_TOKEN: &str = "write_token";
+/// The key of the item `/readyz` writes: not a UUID, so never a report's.
+const PROBE_KEY: &str = "_readiness_probe";
 
 /// Region used with a custom endpoint when none is configured.
 const LOCAL_REGION: &str = "us-east-1";
@@ -479,14 +481,22 @@ impl ReportStore for DynamoStore {
         transition_checked(self, user, report, to).await
     }
 
+    /// Ready means writable: puts an item of its own (its key is not a report id and it has
+    /// no user, so it is in no user's list), so missing write permission, a read-only or
+    /// throttled table all make the store not ready.
     async fn ping(&self) -> Result<(), StoreError> {
         self.client
-            .describe_table()
+            .put_item()
             .table_name(&self.table)
+            .item(ATTR_REPORT_ID, AttributeValue::S(PROBE_KEY.to_owned()))
+            .item(
+                ATTR_UPDATED_AT,
+                AttributeValue::S(format_time(timestamp::now_millis())?),
+            )
             .send()
             .await
             .map(drop)
-            .map_err(|e| unavailable("DescribeTable", e))
+            .map_err(|e| unavailable("PutItem (readiness probe)", e))
     }
 
     fn name(&self) -> &'static str {
