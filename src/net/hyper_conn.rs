@@ -12,7 +12,6 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -78,12 +77,7 @@ pub(crate) async fn serve(stream: TcpStream, app: Router, conn: Connection) {
             }
         }
         Err(e) if is_write_timeout(&e) => {
-            conn.shared
-                .settings
-                .metrics
-                .write_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(peer = %conn.peer, "client accepted no byte within the write timeout; closing");
+            conn.write_timed_out();
         }
         Err(e) => tracing::debug!(peer = %conn.peer, error = %e, "connection error"),
     }

@@ -194,12 +194,7 @@ pub(crate) async fn serve(
     let after = match write_response(stream, head, body, chunked, &conn.kill, &conn.shared).await {
         Written::Done(after) => after,
         Written::TimedOut => {
-            conn.shared
-                .settings
-                .metrics
-                .write_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(peer = %conn.peer, "client accepted no byte within the write timeout; closing");
+            conn.write_timed_out();
             After::Close
         }
     };

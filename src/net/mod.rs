@@ -187,6 +187,19 @@ pub(crate) struct Connection {
     pub kill: CancellationToken,
 }
 
+impl Connection {
+    /// Counts and logs a connection closed because its client took no byte for the write
+    /// timeout.
+    pub fn write_timed_out(&self) {
+        self.shared
+            .settings
+            .metrics
+            .write_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %self.peer, "client accepted no byte within the write timeout; closing");
+    }
+}
+
 /// Serves one TCP connection: SSE subscriptions on the [`lean`] path while the requests are
 /// plain SSE GETs, then (for anything else) hyper on the same, unconsumed socket.
 async fn serve_connection(mut stream: TcpStream, app: Router, conn: Connection) {

