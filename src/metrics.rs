@@ -3,7 +3,7 @@
 //! Plain atomics: every update is a single relaxed add, cheap enough for the publish hot path,
 //! and a scrape reads them without locking anything.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::domain::Channel;
@@ -123,6 +123,13 @@ impl Metrics {
                 );
             }
         };
+        // A series without labels: `kind` is `gauge` or `counter`.
+        let single = |out: &mut String, name: &str, kind: &str, help: &str, v: &dyn Display| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
         gauge(
             &mut out,
             "sse_connections_open",
@@ -177,15 +184,19 @@ impl Metrics {
             "Kafka messages skipped as unusable.",
             &self.kafka_poison,
         );
-        let _ = writeln!(
-            out,
-            "# HELP sse_history_bytes Bytes held by replay histories.\n# TYPE sse_history_bytes gauge\nsse_history_bytes {}",
-            self.history_bytes.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "sse_history_bytes",
+            "gauge",
+            "Bytes held by replay histories.",
+            &self.history_bytes.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP sse_history_evictions_total History entries dropped to stay within the byte budget.\n# TYPE sse_history_evictions_total counter\nsse_history_evictions_total {}",
-            self.history_evictions.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "sse_history_evictions_total",
+            "counter",
+            "History entries dropped to stay within the byte budget.",
+            &self.history_evictions.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             out,
@@ -195,15 +206,19 @@ impl Metrics {
             let v = slot.load(Ordering::Relaxed);
             let _ = writeln!(out, "sse_refused_total{{reason=\"{reason}\"}} {v}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP sse_write_timeouts_total Streams closed because the client accepted no byte for --write-timeout.\n# TYPE sse_write_timeouts_total counter\nsse_write_timeouts_total {}",
-            self.write_timeouts.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "sse_write_timeouts_total",
+            "counter",
+            "Streams closed because the client accepted no byte for --write-timeout.",
+            &self.write_timeouts.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP sse_accept_refused_total Connections closed at accept: the process was at its open-file budget.\n# TYPE sse_accept_refused_total counter\nsse_accept_refused_total {}",
-            self.accept_refused.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "sse_accept_refused_total",
+            "counter",
+            "Connections closed at accept: the process was at its open-file budget.",
+            &self.accept_refused.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             out,
