@@ -4,6 +4,9 @@
 # Usage: update_report_status.sh <userID> <reportID> <new-status>
 #   Sends PUT $SSE_BASE_URL/v4/report?user_id=<userID> with {"id":"<reportID>","status":"<new-status>"}.
 #   SSE_BASE_URL defaults to http://localhost:3000.
+#   The request carries an Idempotency-Key (a fresh random one, or $SSE_IDEMPOTENCY_KEY to
+#   repeat an earlier run safely); a lost answer or a 503 is retried with the same key, so
+#   the change is applied at most once.
 # Prints the server's answer and the HTTP status. Exit: 0 on 2xx, 1 on an HTTP error
 # (409 invalid transition included) or a connection failure, 2 on bad arguments.
 set -euo pipefail
@@ -55,12 +58,24 @@ urlencode() {
 body=$(printf '{"id":"%s","status":"%s"}' "$report_id" "$new_status")
 url="$base_url/v4/report?user_id=$(urlencode "$user_id")"
 
+if [[ -n "${SSE_IDEMPOTENCY_KEY:-}" ]]; then
+    key=$SSE_IDEMPOTENCY_KEY
+    if [[ ! "$key" =~ ^[[:graph:]]{1,255}$ || "$key" == *'"'* ]]; then
+        echo "$(basename "$0"): SSE_IDEMPOTENCY_KEY must be 1 to 255 printable characters without spaces or quotes" >&2
+        exit 2
+    fi
+else
+    key=$(cat /proc/sys/kernel/random/uuid 2>/dev/null || od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+fi
+
 response_file=$(mktemp)
 trap 'rm -f "$response_file"' EXIT
 
 if ! http_status=$(curl --silent --show-error --max-time 10 \
+    --retry 2 --retry-delay 1 --retry-connrefused \
     --request PUT \
     --header 'Content-Type: application/json' \
+    --header "Idempotency-Key: $key" \
     --data-binary "$body" \
     --output "$response_file" \
     --write-out '%{http_code}' \

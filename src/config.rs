@@ -89,6 +89,16 @@ pub struct Config {
     #[arg(long, env = "SSE_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
     pub history_ttl: Duration,
 
+    /// How long this instance remembers a `/v2` or `/v3` message's `Idempotency-Key`: a retry
+    /// within it is answered as the first request was and not delivered again.
+    #[arg(long, env = "SSE_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
+
+    /// Most message keys remembered at once (the oldest are forgotten first beyond it); each
+    /// costs up to about 500 bytes.
+    #[arg(long, env = "SSE_IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub idempotency_max_keys: u64,
+
     /// Largest accepted request body; larger ones get 413 without being read.
     #[arg(long, env = "SSE_MAX_BODY_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,

@@ -162,8 +162,8 @@ impl fmt::Display for EventName {
     }
 }
 
-/// An event id as sent in `id:`. Built only by the server, from digits and `-`, so it never
-/// holds a line break or NUL (a WHATWG client ignores an `id` containing NUL).
+/// An event id as sent in `id:`. Built only by the server, from digits, lowercase hex and `-`,
+/// so it never holds a line break or NUL (a WHATWG client ignores an `id` containing NUL).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventId(String);
 
@@ -171,6 +171,18 @@ impl EventId {
     /// An id made of two numbers, `"{a}-{b}"`: (boot, sequence) locally, (partition, offset) on Kafka.
     pub fn pair(a: u64, b: u64) -> Self {
         Self(format!("{a}-{b}"))
+    }
+
+    /// The id of an event recorded in the report store's outbox: its UUID, lowercase and
+    /// hyphenated, the same on every instance and across restarts.
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id.hyphenated().to_string())
+    }
+
+    /// An outbox id received from the broker (the `event-id` header): only a UUID is one,
+    /// normalised to [`EventId::from_uuid`]'s form; anything else is `None`.
+    pub fn parse_uuid(text: &str) -> Option<Self> {
+        Uuid::parse_str(text).ok().map(Self::from_uuid)
     }
 
     /// The id as text.
@@ -234,6 +246,21 @@ mod tests {
         for bad in ["", "a b", "a\nb", "a:b", "ümlaut", &"x".repeat(65)] {
             assert!(EventName::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn outbox_ids_are_canonical_uuids() {
+        let id = EventId::parse_uuid("0B8E7D6C-5A4F-4E3D-8C2B-1A0F9E8D7C6B").unwrap();
+        assert_eq!(id.as_str(), "0b8e7d6c-5a4f-4e3d-8c2b-1a0f9e8d7c6b");
+        for bad in [
+            "",
+            "1-2",
+            "x\nid: 1",
+            "0b8e7d6c-5a4f-4e3d-8c2b-1a0f9e8d7c6b\n",
+        ] {
+            assert_eq!(EventId::parse_uuid(bad), None, "{bad:?}");
+        }
+        assert_eq!(EventId::parse_pair(id.as_str()), None);
     }
 
     #[test]

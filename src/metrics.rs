@@ -57,6 +57,16 @@ pub struct Metrics {
     pub write_timeouts: AtomicU64,
     /// Connections closed at accept because the process was at its open-file budget.
     pub accept_refused: AtomicU64,
+    /// Report events in the store's outbox, not yet relayed (as of the relay's last pass).
+    pub outbox_events: AtomicI64,
+    /// Age of the oldest of them, in milliseconds (0 when there is none).
+    pub outbox_oldest_ms: AtomicU64,
+    /// Report events relayed to the Bus and removed from the outbox.
+    pub outbox_relayed: AtomicU64,
+    /// Report events delivered to this instance's streams while the Bus could not take them.
+    pub outbox_local_deliveries: AtomicU64,
+    /// Consumed messages not delivered: repeats of an idempotency key already delivered.
+    pub message_repeats: AtomicU64,
 }
 
 /// The reasons a request can be refused by a limit (`sse_refused_total{reason}`).
@@ -219,6 +229,41 @@ impl Metrics {
             "counter",
             "Connections closed at accept: the process was at its open-file budget.",
             &self.accept_refused.load(Ordering::Relaxed),
+        );
+        single(
+            &mut out,
+            "sse_outbox_events",
+            "gauge",
+            "Report events in the store's outbox, not yet relayed.",
+            &self.outbox_events.load(Ordering::Relaxed),
+        );
+        single(
+            &mut out,
+            "sse_outbox_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest report event in the outbox (0 when empty).",
+            &(self.outbox_oldest_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+        );
+        single(
+            &mut out,
+            "sse_outbox_relayed_total",
+            "counter",
+            "Report events relayed to the bus and removed from the outbox.",
+            &self.outbox_relayed.load(Ordering::Relaxed),
+        );
+        single(
+            &mut out,
+            "sse_outbox_local_deliveries_total",
+            "counter",
+            "Report events delivered on this instance while the bus could not take them.",
+            &self.outbox_local_deliveries.load(Ordering::Relaxed),
+        );
+        single(
+            &mut out,
+            "sse_message_repeats_dropped_total",
+            "counter",
+            "Consumed messages not delivered: repeats of an Idempotency-Key already delivered.",
+            &self.message_repeats.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             out,

@@ -12,6 +12,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::bus::kafka::{KafkaBus, KafkaConfig};
+use crate::bus::keys::MessageKeys;
+use crate::bus::relay::Relay;
 use crate::bus::{Bus, LocalBus};
 use crate::config::{Config, StoreKind};
 use crate::hub::{Hub, HubConfig};
@@ -65,6 +67,10 @@ pub async fn run(
     tracing::info!(store = store.name(), "report store ready");
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
+    let message_keys = MessageKeys::new(
+        config.idempotency_window,
+        config.idempotency_max_keys as usize,
+    );
     let bus: Arc<dyn Bus> = match &config.kafka_brokers {
         Some(brokers) => {
             let kafka = KafkaConfig {
@@ -78,6 +84,7 @@ pub async fn run(
             KafkaBus::start(
                 kafka,
                 hub.clone(),
+                message_keys.clone(),
                 metrics.clone(),
                 stop.clone(),
                 &background,
@@ -86,6 +93,18 @@ pub async fn run(
         }
         None => Arc::new(LocalBus::new(hub.clone())),
     };
+    // A request relays its own event within the Kafka timeout after its write, which takes
+    // at most two store timeouts (a DynamoDB write whose answer was lost is then settled by a
+    // fence); the loop leaves events that young alone.
+    let settle = config.kafka_timeout + 2 * config.store_timeout + Duration::from_secs(3);
+    let relay = Arc::new(Relay::new(
+        store.clone(),
+        bus.clone(),
+        hub.clone(),
+        metrics.clone(),
+        settle,
+    ));
+    let writes = TaskTracker::new();
     let state = AppState {
         hub: hub.clone(),
         metrics,
@@ -94,8 +113,12 @@ pub async fn run(
         bus,
         store,
         limits,
+        relay: relay.clone(),
+        writes: writes.clone(),
+        message_keys,
     };
     background.spawn(hub.clone().run_maintenance(config.keep_alive, stop.clone()));
+    background.spawn(relay.clone().run(stop.clone()));
 
     let net_settings = net::Settings {
         grace: config.shutdown_timeout,
@@ -114,6 +137,24 @@ pub async fn run(
         net::serve(listener, app, stop.clone(), net_settings),
         trigger
     );
+    // Writes still in flight finish (each is bounded by the store timeout and its relay by the
+    // Kafka timeout), then whatever the outbox holds is relayed one last time.
+    writes.close();
+    let in_flight = config.store_timeout + config.kafka_timeout + Duration::from_secs(2);
+    if tokio::time::timeout(in_flight, writes.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: store writes still running after {in_flight:?}");
+    }
+    match tokio::time::timeout(in_flight, relay.drain()).await {
+        Ok(Ok(relayed)) if relayed > 0 => tracing::info!(relayed, "shutdown: outbox relayed"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "shutdown: outbox not relayed (kept for the next start)")
+        }
+        Err(_) => tracing::warn!("shutdown: outbox relay timed out (kept for the next start)"),
+    }
     background.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
     tracing::info!("shutdown complete");

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use server_sent_events::reports::{
-    DynamoConfig, DynamoStore, InitOutcome, Report, ReportId, ReportStatus, ReportStore,
-    SqliteStore, StoreError, TransitionError, UserId,
+    DynamoConfig, DynamoStore, EventKind, Idempotency, InitOutcome, Outcome, Report, ReportId,
+    ReportStatus, ReportStore, SqliteStore, StoreError, TransitionError, UserId,
 };
 use time::OffsetDateTime;
 
@@ -103,11 +103,12 @@ fn path_to(target: ReportStatus) -> &'static [ReportStatus] {
 }
 
 async fn report_in(store: &Store, user: UserId, status: ReportStatus) -> Report {
-    let mut report = store.create(user).await.expect("create");
+    let mut report = store.create(user).await.expect("create").report;
     for &next in path_to(status) {
         report = store
             .transition(user, report.report_id, next)
             .await
+            .map(|w| w.report)
             .unwrap_or_else(|e| panic!("-> {next}: {e}"));
     }
     assert_eq!(report.report_status, status);
@@ -138,11 +139,11 @@ async fn create_get_list(env: Env) {
     let before = OffsetDateTime::now_utc() - Duration::from_millis(1);
     let mut created = Vec::new();
     for _ in 0..3 {
-        created.push(store.create(alice).await.expect("create"));
+        created.push(store.create(alice).await.expect("create").report);
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     let after = OffsetDateTime::now_utc();
-    let bobs = store.create(bob).await.expect("create");
+    let bobs = store.create(bob).await.expect("create").report;
 
     for report in &created {
         assert_eq!(report.user_id, alice);
@@ -181,7 +182,7 @@ async fn list_pages_through_everything(env: Env) {
     let other = UserId::new_v4();
     let mut expected = Vec::new();
     for i in 0..30 {
-        expected.push(store.create(user).await.expect("create"));
+        expected.push(store.create(user).await.expect("create").report);
         if i % 10 == 0 {
             store.create(other).await.expect("create other");
         }
@@ -219,7 +220,7 @@ async fn list_pages_through_everything(env: Env) {
 async fn get_with_wrong_user_is_none(env: Env) {
     let store = env.open().await;
     let owner = UserId::new_v4();
-    let report = store.create(owner).await.expect("create");
+    let report = store.create(owner).await.expect("create").report;
     assert_eq!(
         store
             .get(UserId::new_v4(), report.report_id)
@@ -246,7 +247,8 @@ async fn every_valid_transition(env: Env) {
             let updated = store
                 .transition(user, report.report_id, to)
                 .await
-                .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+                .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"))
+                .report;
             assert_eq!(
                 updated,
                 Report {
@@ -273,7 +275,13 @@ async fn invalid_transitions_report_current_and_allowed(env: Env) {
             if from.can_transition_to(to) {
                 continue;
             }
-            assert_invalid(store.transition(user, report.report_id, to).await, from);
+            assert_invalid(
+                store
+                    .transition(user, report.report_id, to)
+                    .await
+                    .map(|w| w.report),
+                from,
+            );
         }
         assert_eq!(
             store.get(user, report.report_id).await.expect("get"),
@@ -289,7 +297,10 @@ async fn unknown_report_is_not_found(env: Env) {
     store.create(user).await.expect("create");
     for to in ReportStatus::ALL {
         assert_eq!(
-            store.transition(user, ReportId::new_v4(), to).await,
+            store
+                .transition(user, ReportId::new_v4(), to)
+                .await
+                .map(|w| w.report),
             Err(TransitionError::NotFound)
         );
     }
@@ -298,10 +309,13 @@ async fn unknown_report_is_not_found(env: Env) {
 async fn other_users_report_is_not_found_and_unchanged(env: Env) {
     let store = env.open().await;
     let (owner, intruder) = (UserId::new_v4(), UserId::new_v4());
-    let report = store.create(owner).await.expect("create");
+    let report = store.create(owner).await.expect("create").report;
     for to in ReportStatus::ALL {
         assert_eq!(
-            store.transition(intruder, report.report_id, to).await,
+            store
+                .transition(intruder, report.report_id, to)
+                .await
+                .map(|w| w.report),
             Err(TransitionError::NotFound)
         );
     }
@@ -316,12 +330,13 @@ async fn survives_reopen(env: Env) {
     let user = UserId::new_v4();
     let (first, second) = {
         let store = env.open().await;
-        let first = store.create(user).await.expect("create");
-        let second = store.create(user).await.expect("create");
+        let first = store.create(user).await.expect("create").report;
+        let second = store.create(user).await.expect("create").report;
         let second = store
             .transition(user, second.report_id, Queued)
             .await
-            .expect("queue");
+            .expect("queue")
+            .report;
         (first, second)
     };
     // A new connection / client on the same file / endpoint.
@@ -348,7 +363,7 @@ async fn race(
 ) -> Vec<Result<Report, TransitionError>> {
     let tasks = targets.into_iter().map(|to| {
         let store = Arc::clone(store);
-        tokio::spawn(async move { store.transition(user, report, to).await })
+        tokio::spawn(async move { store.transition(user, report, to).await.map(|w| w.report) })
     });
     join_all(tasks)
         .await
@@ -361,7 +376,7 @@ async fn fifty_concurrent_queues_one_winner(env: Env) {
     let store = env.open().await;
     let user = UserId::new_v4();
     for round in 0..5 {
-        let report = store.create(user).await.expect("create");
+        let report = store.create(user).await.expect("create").report;
         let outcomes = race(&store, user, report.report_id, vec![Queued; 50]).await;
         let winners: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
         assert_eq!(
@@ -400,6 +415,208 @@ async fn processing_versus_canceled_one_winner(env: Env) {
         let now = store.get(user, report.report_id).await.expect("get");
         assert_eq!(now.map(|r| r.report_status), Some(final_status));
     }
+}
+
+/// Every write records exactly its own event, atomically: a refused or lost transition
+/// records nothing, and relayed events leave the outbox.
+async fn outbox_records_every_write_and_only_those(env: Env) {
+    let store = env.open().await;
+    let user = UserId::new_v4();
+    let created = store.create(user).await.expect("create");
+    assert_eq!(created.event.kind, EventKind::Created);
+    assert_eq!(created.event.user, user);
+    assert_eq!(
+        created.event.data,
+        serde_json::to_string(&created.report).unwrap()
+    );
+    let queued = store
+        .transition(user, created.report.report_id, Queued)
+        .await
+        .expect("queue");
+    assert_eq!(queued.event.kind, EventKind::StatusUpdate);
+    assert_eq!(
+        queued.event.data,
+        format!(
+            r#"{{"id":"{}","status":"queued"}}"#,
+            created.report.report_id
+        )
+    );
+    // Refused (invalid, unknown, another user's): nothing recorded.
+    assert!(
+        store
+            .transition(user, created.report.report_id, Completed)
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .transition(user, ReportId::new_v4(), Queued)
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .transition(UserId::new_v4(), created.report.report_id, Processing)
+            .await
+            .is_err()
+    );
+    // Ten racing writers, one winner: one event.
+    let raced = store.create(user).await.expect("create");
+    let outcomes = race(&store, user, raced.report.report_id, vec![Queued; 10]).await;
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
+
+    let page = store.outbox(100).await.expect("outbox");
+    assert_eq!(page.total, 4, "{page:?}");
+    assert_eq!(page.events.len(), 4);
+    assert!(page.events.iter().all(|e| e.user == user));
+    assert!(page.events.contains(&created.event));
+    assert!(page.events.contains(&queued.event));
+    assert!(page.events.contains(&raced.event));
+    assert!(
+        page.events
+            .windows(2)
+            .all(|w| w[0].recorded_at <= w[1].recorded_at),
+        "oldest first"
+    );
+    let first_two = store.outbox(2).await.expect("outbox");
+    assert_eq!(first_two.total, 4);
+    assert_eq!(first_two.events.len(), 2);
+
+    store
+        .outbox_done(vec![
+            created.event.id,
+            queued.event.id,
+            uuid::Uuid::new_v4(),
+        ])
+        .await
+        .expect("done");
+    let page = store.outbox(100).await.expect("outbox");
+    assert_eq!(page.total, 2);
+    assert!(!page.events.contains(&created.event));
+    store
+        .outbox_done(page.events.iter().map(|e| e.id).collect())
+        .await
+        .expect("done");
+    assert_eq!(store.outbox(100).await.expect("outbox").total, 0);
+    // Outbox items are nobody's reports.
+    assert_eq!(store.list(user).await.expect("list").len(), 2);
+}
+
+fn key(key: &str, request: &str) -> Option<Idempotency> {
+    Some(Idempotency {
+        key: key.to_owned(),
+        request: request.to_owned(),
+    })
+}
+
+/// Issue 11: a used key answers its first request's report, writes nothing and records no
+/// event; the same key for another request, or another user's same key, is told apart.
+async fn idempotency_keys_replay_and_refuse(env: Env) {
+    let store = env.open().await;
+    let user = UserId::new_v4();
+    let create = "POST /v4/new/report";
+    let Outcome::Written(first) = store.create_keyed(user, key("k1", create)).await.unwrap() else {
+        panic!("first keyed create not written");
+    };
+    let again = store.create_keyed(user, key("k1", create)).await.unwrap();
+    assert_eq!(again, Outcome::Replayed(first.report.clone()));
+    // Through a new connection too: the key is in the store, not in this client.
+    let reopened = env.open().await;
+    assert_eq!(
+        reopened
+            .create_keyed(user, key("k1", create))
+            .await
+            .unwrap(),
+        Outcome::Replayed(first.report.clone())
+    );
+    let id = first.report.report_id;
+    let queue = format!("PUT /v4/report {id} queued");
+    assert_eq!(
+        store
+            .transition_keyed(user, id, Queued, key("k1", &queue))
+            .await
+            .unwrap(),
+        Outcome::KeyReused {
+            first: create.to_owned()
+        }
+    );
+    // Another user's key of the same name is theirs.
+    let other = UserId::new_v4();
+    assert!(matches!(
+        store.create_keyed(other, key("k1", create)).await.unwrap(),
+        Outcome::Written(_)
+    ));
+    // A keyed change, replayed after the report moved on: the first answer stands.
+    let Outcome::Written(queued) = store
+        .transition_keyed(user, id, Queued, key("k2", &queue))
+        .await
+        .unwrap()
+    else {
+        panic!("keyed transition not written");
+    };
+    store.transition(user, id, Processing).await.unwrap();
+    assert_eq!(
+        store
+            .transition_keyed(user, id, Queued, key("k2", &queue))
+            .await
+            .unwrap(),
+        Outcome::Replayed(queued.report.clone())
+    );
+    // A refused change records no key: the same key may then be used for a valid one.
+    let cancel = format!("PUT /v4/report {id} canceled");
+    assert_invalid(
+        store
+            .transition_keyed(user, id, Canceled, key("k3", &cancel))
+            .await
+            .map(|o| o.written().unwrap().report),
+        Processing,
+    );
+    let complete = format!("PUT /v4/report {id} completed");
+    assert!(matches!(
+        store
+            .transition_keyed(user, id, Completed, key("k3", &complete))
+            .await
+            .unwrap(),
+        Outcome::Written(_)
+    ));
+    // One report and one event per written request; none for the replays.
+    assert_eq!(store.list(user).await.unwrap().len(), 1);
+    let events = store.outbox(100).await.unwrap();
+    let mine: Vec<_> = events.events.iter().filter(|e| e.user == user).collect();
+    assert_eq!(mine.len(), 4, "{mine:?}");
+}
+
+/// Issue 11: twenty identical keyed creates at once: one report and one event; every answer
+/// is that report, or "in progress" for one that overlapped the first.
+async fn concurrent_keyed_creates_write_once(env: Env) {
+    let store = env.open().await;
+    let user = UserId::new_v4();
+    let outcomes = join_all((0..20).map(|_| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .create_keyed(user, key("same", "POST /v4/new/report"))
+                .await
+        }
+    }))
+    .await;
+    let reports = store.list(user).await.unwrap();
+    assert_eq!(reports.len(), 1, "{outcomes:?}");
+    let mut written = 0;
+    for outcome in outcomes {
+        match outcome.unwrap() {
+            Outcome::Written(w) => {
+                written += 1;
+                assert_eq!(w.report, reports[0]);
+            }
+            Outcome::Replayed(report) => assert_eq!(report, reports[0]),
+            Outcome::KeyInProgress => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(written, 1);
+    let events = store.outbox(100).await.unwrap();
+    assert_eq!(events.events.iter().filter(|e| e.user == user).count(), 1);
 }
 
 macro_rules! conformance {
@@ -447,6 +664,9 @@ conformance!(
     survives_reopen,
     fifty_concurrent_queues_one_winner,
     processing_versus_canceled_one_winner,
+    outbox_records_every_write_and_only_those,
+    idempotency_keys_replay_and_refuse,
+    concurrent_keyed_creates_write_once,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -469,7 +689,7 @@ async fn dynamo_store_down_is_unavailable_in_time() {
     );
     assert_eq!(store.name(), "dynamodb");
     let user = UserId::new_v4();
-    let report = store.create(user).await.expect("create while up");
+    let report = store.create(user).await.expect("create while up").report;
     store.ping().await.expect("ping while up");
 
     moto.kill();

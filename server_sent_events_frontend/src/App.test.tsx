@@ -90,11 +90,36 @@ describe('dashboard', () => {
     expect(row(report.reportId).getAttribute('data-status')).toBe('pending');
   });
 
-  it('shows a network error in an alert', async () => {
+  it('shows a network error in an alert once the retries are spent', async () => {
+    await startLoggedIn();
+    for (let i = 0; i < 3; i++) api.override(() => Promise.reject(new TypeError('Failed to fetch')));
+    fireEvent.click(screen.getByRole('button', { name: 'Create New Report' }));
+    expect((await screen.findByRole('alert', {}, { timeout: 3000 })).textContent).toMatch(/Network error/);
+    const posts = api.calls.filter((c) => c.method === 'POST');
+    expect(posts.length).toBe(3);
+    expect(api.reports.length).toBe(0);
+  });
+
+  it('sends every write with an Idempotency-Key and retries a lost one with the same key', async () => {
+    const report = makeReport('pending', 1);
+    api.reports = [report];
     await startLoggedIn();
     api.override(() => Promise.reject(new TypeError('Failed to fetch')));
     fireEvent.click(screen.getByRole('button', { name: 'Create New Report' }));
-    expect((await screen.findByRole('alert')).textContent).toMatch(/Network error/);
+    await waitFor(() => expect(api.reports.length).toBe(2), { timeout: 3000 });
+    const posts = api.calls.filter((c) => c.method === 'POST');
+    expect(posts.length).toBe(2);
+    expect(posts[0]?.key).toMatch(/^[0-9a-f]{32}$/);
+    expect(posts[1]?.key).toBe(posts[0]?.key);
+
+    api.override(() => jsonResponse(503, { error: 'store unavailable' }));
+    fireEvent.click(within(row(report.reportId)).getByRole('button', { name: 'queued' }));
+    await waitFor(() => expect(row(report.reportId).getAttribute('data-status')).toBe('queued'), { timeout: 3000 });
+    const puts = api.calls.filter((c) => c.method === 'PUT');
+    expect(puts.length).toBe(2);
+    expect(puts[1]?.key).toBe(puts[0]?.key);
+    expect(puts[0]?.key).not.toBe(posts[0]?.key);
+    expect(screen.queryByRole('alert')).toBeNull();
   });
 
   it('shows a failed list load with a Retry button', async () => {

@@ -47,12 +47,21 @@ function httpErrorMessage(status: number, body: ApiErrorBody | null): string {
   return `Request failed (HTTP ${status}): ${detail}`;
 }
 
-async function request(method: string, path: string, init: { body?: unknown; signal?: AbortSignal } = {}): Promise<unknown> {
+interface RequestOptions {
+  body?: unknown;
+  signal?: AbortSignal;
+  idempotencyKey?: string;
+}
+
+async function request(method: string, path: string, init: RequestOptions = {}): Promise<unknown> {
+  const headers: Record<string, string> = { Accept: 'application/json' };
+  if (init.body !== undefined) headers['Content-Type'] = 'application/json';
+  if (init.idempotencyKey !== undefined) headers['Idempotency-Key'] = init.idempotencyKey;
   let response: Response;
   try {
     response = await fetch(path, {
       method,
-      headers: init.body === undefined ? { Accept: 'application/json' } : { Accept: 'application/json', 'Content-Type': 'application/json' },
+      headers,
       body: init.body === undefined ? undefined : JSON.stringify(init.body),
       signal: init.signal,
     });
@@ -67,6 +76,34 @@ async function request(method: string, path: string, init: { body?: unknown; sig
     throw new ApiError('http', httpErrorMessage(response.status, body), response.status, body);
   }
   return json;
+}
+
+/** Pauses before the 2nd and 3rd attempt of a write. */
+export const WRITE_RETRY_DELAYS_MS = [250, 750];
+
+/** A fresh random key (works without a secure context, unlike `crypto.randomUUID`). */
+export function newIdempotencyKey(): string {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * A write with an `Idempotency-Key`: when the answer is lost (network error) or the server is
+ * briefly unavailable (503), it is sent again with the same key, so the server applies it once.
+ */
+async function write(method: string, path: string, body?: unknown): Promise<unknown> {
+  const idempotencyKey = newIdempotencyKey();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await request(method, path, { body, idempotencyKey });
+    } catch (err) {
+      const retriable = err instanceof ApiError && (err.kind === 'network' || err.status === 503);
+      const delay = WRITE_RETRY_DELAYS_MS[attempt];
+      if (!retriable || delay === undefined) throw err;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
 }
 
 function userQuery(userId: string): string {
@@ -90,11 +127,11 @@ export async function listReports(userId: string, signal?: AbortSignal): Promise
 }
 
 export async function createReport(userId: string): Promise<Report> {
-  return expectReport(await request('POST', `/v4/new/report?${userQuery(userId)}`));
+  return expectReport(await write('POST', `/v4/new/report?${userQuery(userId)}`));
 }
 
 export async function updateReportStatus(userId: string, reportId: string, status: ReportStatus): Promise<Report> {
-  return expectReport(await request('PUT', `/v4/report?${userQuery(userId)}`, { body: { id: reportId, status } }));
+  return expectReport(await write('PUT', `/v4/report?${userQuery(userId)}`, { id: reportId, status }));
 }
 
 export function errorMessage(err: unknown): string {

@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::error::{AppError, Result};
 use crate::domain::Username;
+use crate::reports::idempotency::{MAX_KEY_LEN, valid_key};
 
 /// The decoded query string, kept as pairs so repeated parameters can be refused.
 #[derive(Debug, Default)]
@@ -96,9 +97,98 @@ pub async fn text_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<St
     })
 }
 
+/// The `Idempotency-Key` header, if any: a structured-field string (`"abc"`, with `\"` and
+/// `\\` escapes) or the bare key; 1 to [`MAX_KEY_LEN`] printable ASCII characters once
+/// unquoted. 400 when repeated, empty, too long or not of that form.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        AppError::BadRequest(format!(
+            "Idempotency-Key {why}: expected 1 to {MAX_KEY_LEN} printable ASCII characters, \
+             bare or as a quoted string"
+        ))
+    };
+    if values.next().is_some() {
+        return Err(bad("given more than once"));
+    }
+    let raw = value
+        .to_str()
+        .map_err(|_| bad("is not ASCII"))?
+        .trim_matches([' ', '\t']);
+    let key = match raw.strip_prefix('"') {
+        Some(quoted) => unquote(quoted).ok_or_else(|| bad("is not a valid quoted string"))?,
+        None if raw.contains('"') => return Err(bad("has a stray quote")),
+        None => raw.to_owned(),
+    };
+    if !valid_key(&key) {
+        return Err(bad("is empty, too long or not printable"));
+    }
+    Ok(Some(key))
+}
+
+/// The content of a structured-field string after its opening quote; `None` unless it ends
+/// with the closing quote and escapes only `"` and `\`.
+fn unquote(quoted: &str) -> Option<String> {
+    let mut out = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped @ ('"' | '\\')) => out.push(escaped),
+                _ => return None,
+            },
+            '"' => return chars.next().is_none().then_some(out),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key_of(values: &[&[u8]]) -> Result<Option<String>> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(
+                "idempotency-key",
+                axum::http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        idempotency_key(&headers)
+    }
+
+    #[test]
+    fn idempotency_keys_bare_or_quoted() {
+        assert_eq!(key_of(&[]).unwrap(), None);
+        assert_eq!(key_of(&[b"abc-1"]).unwrap().as_deref(), Some("abc-1"));
+        assert_eq!(key_of(&[b"\"abc 1\""]).unwrap().as_deref(), Some("abc 1"));
+        assert_eq!(
+            key_of(&[br#""a\"b\\c""#]).unwrap().as_deref(),
+            Some(r#"a"b\c"#)
+        );
+        assert_eq!(key_of(&[b" k "]).unwrap().as_deref(), Some("k"));
+        let long = "k".repeat(MAX_KEY_LEN);
+        assert_eq!(key_of(&[long.as_bytes()]).unwrap(), Some(long.clone()));
+        for bad in [
+            &b""[..],
+            b"\"\"",
+            b"\"abc",
+            b"\"a\"b\"",
+            b"a\"b",
+            br#""a\nb""#,
+            "\u{e9}t\u{e9}".as_bytes(),
+            format!("{long}k").as_bytes(),
+        ] {
+            let err = key_of(&[bad]).unwrap_err();
+            assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(key_of(&[b"a", b"b"]).unwrap_err().status(), 400);
+    }
 
     #[test]
     fn repeated_parameters_are_refused() {

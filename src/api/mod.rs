@@ -18,10 +18,13 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
 use crate::bus::Bus;
+use crate::bus::keys::MessageKeys;
+use crate::bus::relay::Relay;
 use crate::config::Config;
 use crate::domain::Channel;
 use crate::hub::Hub;
@@ -47,6 +50,12 @@ pub struct AppState {
     pub store: Arc<dyn ReportStore>,
     /// Connection and publish budgets.
     pub limits: Arc<Limits>,
+    /// Takes the events the store records with each write to the Bus.
+    pub relay: Arc<Relay>,
+    /// Store writes and their announcements in flight: shutdown waits for them.
+    pub writes: TaskTracker,
+    /// Recent `Idempotency-Key`s of `/v2` and `/v3` messages.
+    pub message_keys: Arc<MessageKeys>,
 }
 
 impl AppState {
@@ -164,5 +173,6 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_headers([
             header::CONTENT_TYPE,
             HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("idempotency-key"),
         ])
 }

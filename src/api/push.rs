@@ -13,8 +13,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::error::{AppError, Result};
-use super::input::{Query, text_body};
+use super::input::{Query, idempotency_key, text_body};
 use super::{AppState, Client, ConnectionKill};
+use crate::bus::keys::{self, Answer, Begin, MessageKeys};
 use crate::bus::{Delivery, Message};
 use crate::domain::{Channel, EventName};
 use crate::hub::Subscription;
@@ -149,35 +150,83 @@ async fn message(
 ) -> Result<Response> {
     let user = query.username()?;
     let event = event_name(&query)?;
+    let key = idempotency_key(&headers)?;
     state.spend_publish(&client)?;
     let text = text_body(&headers, body, state.config.max_body_bytes).await?;
+    let reservation = match &key {
+        None => None,
+        Some(key) => {
+            let fingerprint = MessageKeys::fingerprint(channel, event.as_ref(), &text);
+            match state.message_keys.begin(user.as_str(), key, fingerprint) {
+                Begin::New(reservation) => Some(reservation),
+                Begin::Replay(answer) => return Ok(respond(answer)),
+                Begin::Reused => {
+                    return Err(AppError::Unprocessable(
+                        "this Idempotency-Key was already used for another message; \
+                         use a new key for a new message"
+                            .to_owned(),
+                    ));
+                }
+                Begin::InProgress => {
+                    return Err(AppError::Conflict {
+                        message: "a request with this Idempotency-Key is still in progress; \
+                                  retry later"
+                            .to_owned(),
+                        details: serde_json::Map::new(),
+                    });
+                }
+            }
+        }
+    };
     let message = Message {
         channel,
         user: user.as_str().to_owned(),
         event,
         data: text,
+        id: None,
+        key: key.clone(),
     };
+    // On failure the reservation is dropped: the key is free for the client's retry.
     let delivery = state
         .bus
         .publish(message)
         .await
         .map_err(|e| AppError::Unavailable(e.to_string()))?;
-    Ok(match delivery {
+    let answer = match delivery {
         Delivery::Local { delivered, id } => {
             let id = id.as_ref().map(|id| id.as_str());
-            (
-                StatusCode::OK,
-                Json(json!({ "delivered": delivered, "id": id })),
-            )
-                .into_response()
+            Answer {
+                status: 200,
+                body: json!({ "delivered": delivered, "id": id }),
+            }
         }
-        // Acknowledged by the broker: every instance delivers it to the user's streams.
-        Delivery::Cluster { id } => (
-            StatusCode::ACCEPTED,
-            Json(json!({ "accepted": true, "id": id.as_str() })),
-        )
-            .into_response(),
-    })
+        // Acknowledged by the broker: every instance delivers it to the user's streams. A
+        // keyed record is delivered once per key: answer with the id it was delivered with
+        // (another instance's earlier record of the same key, if there was one).
+        Delivery::Cluster { id } => {
+            let delivered = match &key {
+                Some(key) => {
+                    let wait = state.config.kafka_timeout;
+                    state
+                        .message_keys
+                        .delivered_id(user.as_str(), key, wait)
+                        .await
+                }
+                None => None,
+            };
+            keys::accepted(&delivered.unwrap_or(id))
+        }
+    };
+    if let Some(reservation) = reservation {
+        reservation.finish(answer.clone());
+    }
+    Ok(respond(answer))
+}
+
+/// The response of an [`Answer`].
+fn respond(answer: Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    (status, Json(answer.body)).into_response()
 }
 
 async fn broadcast(

@@ -8,9 +8,15 @@
 //! - `PUT /report?user_id=UUID`, `{"id","status"}`: `200` with the moved report, `409` when the
 //!   state machine forbids the move.
 //!
-//! Every store call is bounded by `--store-timeout` plus a second, so a store that hangs still
-//! gets a `503` in bounded time. A write and its event run on their own task: a client that
-//! hangs up cannot leave a stored change unannounced.
+//! Writes take an optional `Idempotency-Key` (kept by the store with the write, see
+//! [`crate::reports::idempotency`]): a retry gets the first answer and changes nothing.
+//!
+//! Every store read is bounded by `--store-timeout` plus a second and every write by twice
+//! that (room to settle a write whose answer was lost), so a store that hangs still gets a
+//! `503` in bounded time. Each write records its event in the store's outbox in the
+//! same transaction, and the request then relays it ([`crate::bus::relay`]). A write and its
+//! relay run on a task of their own, which shutdown waits for: a client that hangs up cannot
+//! leave a stored change unannounced.
 //!
 //! [`ReportStore`]: crate::reports::ReportStore
 
@@ -25,20 +31,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::error::{AppError, Result};
-use super::input::{Query, text_body};
+use super::input::{Query, idempotency_key, text_body};
 use super::push::{last_event_id, open_stream};
 use super::{AppState, Client, ConnectionKill};
-use crate::bus::Message;
-use crate::domain::{Channel, EventName, ReportId, UserId};
-use crate::reports::{Report, ReportStatus, StoreError, TransitionError};
-
-/// Event type sent to a user's streams when one of their reports was created.
-pub const REPORT_CREATED: &str = "report_created";
-/// Event type sent to a user's streams when a report's status changed.
-pub const REPORT_STATUS_UPDATE: &str = "report_status_update";
+use crate::domain::{Channel, ReportId, UserId};
+use crate::reports::{Idempotency, Outcome, Report, ReportStatus, StoreError, TransitionError};
 
 /// Added to `--store-timeout` for the outer bound on a store call: the store's own timeouts
 /// should fire first, this one only catches a store that ignores them.
@@ -75,19 +75,53 @@ async fn subscribe(
 }
 
 /// Creating and changing reports count as publishes (`--publish-rate`): each sends an event.
-async fn create(State(state): State<AppState>, client: Client, query: Query) -> Result<Response> {
+async fn create(
+    State(state): State<AppState>,
+    client: Client,
+    query: Query,
+    headers: HeaderMap,
+) -> Result<Response> {
     let user = user_id(&query)?;
+    let key = keyed(&headers, || "POST /v4/new/report".to_owned())?;
     state.spend_publish(&client)?;
-    let data = detached(async move {
-        let report = bounded(&state, state.store.create(user))
+    let writes = state.writes.clone();
+    detached(&writes, async move {
+        let outcome = bounded_write(&state, state.store.create_keyed(user, key))
             .await?
             .map_err(store_error)?;
-        let data = report_json(&report)?;
-        announce(&state, user, REPORT_CREATED, data.clone()).await;
-        Ok(data)
+        answer(&state, outcome, StatusCode::CREATED).await
     })
-    .await?;
-    Ok(json_response(StatusCode::CREATED, data))
+    .await
+}
+
+/// The `Idempotency-Key` of a write, with `request` describing what it asks for.
+fn keyed(headers: &HeaderMap, request: impl FnOnce() -> String) -> Result<Option<Idempotency>> {
+    Ok(idempotency_key(headers)?.map(|key| Idempotency {
+        key,
+        request: request(),
+    }))
+}
+
+/// The response to a write's outcome: `done` with the report when it was written (after
+/// announcing it), 200 with the first answer's report for a replayed key, 422 for a key used
+/// for another request, 409 for a key whose first request is still being written.
+async fn answer(state: &AppState, outcome: Outcome, done: StatusCode) -> Result<Response> {
+    match outcome {
+        Outcome::Written(written) => {
+            state.relay.announce(&written.event).await;
+            Ok(json_response(done, report_json(&written.report)?))
+        }
+        Outcome::Replayed(report) => Ok(json_response(StatusCode::OK, report_json(&report)?)),
+        Outcome::KeyReused { first } => Err(AppError::Unprocessable(format!(
+            "this Idempotency-Key was already used for another request ({first}); \
+             use a new key for a new request"
+        ))),
+        Outcome::KeyInProgress => Err(AppError::Conflict {
+            message: "a request with this Idempotency-Key is still in progress; retry later"
+                .to_owned(),
+            details: Map::new(),
+        }),
+    }
 }
 
 async fn list(State(state): State<AppState>, query: Query) -> Result<Json<Vec<Report>>> {
@@ -133,21 +167,21 @@ async fn update(
     let user = user_id(&query)?;
     state.spend_publish(&client)?;
     let (report, to) = status_change(&headers, body, state.config.max_body_bytes).await?;
-    let data = detached(async move {
-        let updated = match bounded(&state, state.store.transition(user, report, to)).await? {
-            Ok(updated) => updated,
+    let key = keyed(&headers, || format!("PUT /v4/report {report} {to}"))?;
+    let writes = state.writes.clone();
+    detached(&writes, async move {
+        let call = state.store.transition_keyed(user, report, to, key);
+        let outcome = match bounded_write(&state, call).await? {
+            Ok(outcome) => outcome,
             Err(TransitionError::NotFound) => return Err(not_found(report)),
             Err(TransitionError::Invalid { current, allowed }) => {
                 return Err(invalid_transition(current, to, &allowed));
             }
             Err(TransitionError::Store(e)) => return Err(store_error(e)),
         };
-        let event = json!({ "id": updated.report_id, "status": updated.report_status });
-        announce(&state, user, REPORT_STATUS_UPDATE, event.to_string()).await;
-        report_json(&updated)
+        answer(&state, outcome, StatusCode::OK).await
     })
-    .await?;
-    Ok(json_response(StatusCode::OK, data))
+    .await
 }
 
 /// Reads and validates a status change: 415 unless `Content-Type: application/json`, 413 over
@@ -192,20 +226,33 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Runs a write and its announcement on a task of its own, so a client that hangs up mid-request
-/// cannot cancel the request between a successful write and its event.
+/// Runs a write and its announcement on a task of its own (tracked by `writes`, which shutdown
+/// waits for), so a client that hangs up mid-request cannot cancel the request between a
+/// successful write and its event.
 async fn detached<T: Send + 'static>(
+    writes: &tokio_util::task::TaskTracker,
     work: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    tokio::spawn(work)
+    writes
+        .spawn(work)
         .await
         .map_err(|e| AppError::Internal(format!("request task failed: {e}")))?
 }
 
-/// Runs one store call, answering 503 if it has not finished within the store timeout plus
+/// Runs one store read, answering 503 if it has not finished within the store timeout plus
 /// [`STORE_GRACE`] (dropping a store future leaves the store consistent).
 async fn bounded<F: Future>(state: &AppState, call: F) -> Result<F::Output> {
-    let limit = state.config.store_timeout + STORE_GRACE;
+    within(state.config.store_timeout + STORE_GRACE, call).await
+}
+
+/// Runs one store write: as [`bounded`], with room for a second store timeout, in which a
+/// write whose answer was lost is settled (see the DynamoDB store), so that its answer is the
+/// truth.
+async fn bounded_write<F: Future>(state: &AppState, call: F) -> Result<F::Output> {
+    within(2 * state.config.store_timeout + STORE_GRACE, call).await
+}
+
+async fn within<F: Future>(limit: Duration, call: F) -> Result<F::Output> {
     tokio::time::timeout(limit, call).await.map_err(|_| {
         AppError::Unavailable(format!(
             "the report store did not answer within {}",
@@ -254,18 +301,4 @@ fn report_json(report: &Report) -> Result<String> {
 /// A response whose body is already-serialized JSON.
 fn json_response(status: StatusCode, json: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], json).into_response()
-}
-
-/// Publishes `event` to `user`'s v4 streams after a successful write. A failed publish does not
-/// fail the request: the write happened, and clients resync from the store when they reconnect.
-async fn announce(state: &AppState, user: UserId, event: &'static str, data: String) {
-    let message = Message {
-        channel: Channel::V4,
-        user: user.to_string(),
-        event: EventName::parse(event).ok(),
-        data,
-    };
-    if let Err(e) = state.bus.publish(message).await {
-        tracing::warn!(error = %e, %user, event, "report saved but its event was not published");
-    }
 }

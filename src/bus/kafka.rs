@@ -12,12 +12,15 @@
 //! - **Ids are Kafka positions** (`{partition}-{offset}`): the same message has the same id on
 //!   every instance, so a client can resume on another instance with `Last-Event-ID`.
 //! - **Wire format** (both topics): key = user, value = `user:message`, split at the FIRST `:`;
-//!   an optional header `event` carries the SSE event type.
+//!   an optional header `event` carries the SSE event type, and an optional header `event-id`
+//!   (a UUID) an id chosen before producing (the report outbox's): that id replaces the Kafka
+//!   position, and a record whose id the user's history already holds is not delivered again.
 //! - **Poison messages** (no `:`, empty or invalid user, empty message, invalid UTF-8, null
 //!   payload, over the body limit, invalid `event` header) are logged with partition and
 //!   offset, counted, and skipped: never a panic, a retry loop or a stuck partition.
 //! - **The poll loop never blocks**: handing a message to the Hub is a non-blocking push.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,10 +35,19 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::keys::MessageKeys;
 use super::{Bus, BusError, BusHealth, Delivery, Message};
 use crate::domain::{Channel, EventId, EventName, Username};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::reports::idempotency::valid_key;
+
+/// Header with the SSE event type.
+const EVENT_HEADER: &str = "event";
+/// Header with an id chosen before producing (a UUID).
+const EVENT_ID_HEADER: &str = "event-id";
+/// Header with the publishing request's `Idempotency-Key`.
+const KEY_HEADER: &str = "idempotency-key";
 
 /// Settings of the Kafka bus.
 #[derive(Debug, Clone)]
@@ -97,6 +109,7 @@ impl KafkaBus {
     pub fn start(
         config: KafkaConfig,
         hub: Hub,
+        keys: Arc<MessageKeys>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
@@ -144,8 +157,11 @@ impl KafkaBus {
         tasks.spawn(consume(
             consumer.clone(),
             topics,
-            hub.clone(),
-            metrics,
+            Sink {
+                hub: hub.clone(),
+                keys,
+                metrics,
+            },
             config.max_message_bytes,
             shared.clone(),
             shutdown.clone(),
@@ -177,9 +193,7 @@ impl KafkaBus {
 impl Bus for KafkaBus {
     async fn publish(&self, m: Message) -> Result<Delivery, BusError> {
         let Some(topic) = self.topic_of(m.channel) else {
-            let published = self
-                .hub
-                .publish(m.channel, &m.user, m.event.as_ref(), &m.data);
+            let published = super::publish_here(&self.hub, m);
             return Ok(Delivery::Local {
                 delivered: published.delivered,
                 id: published.id,
@@ -189,20 +203,38 @@ impl Bus for KafkaBus {
             return Err(BusError::Unavailable(reason));
         }
         let payload = format!("{}:{}", m.user, m.data);
-        let mut record = FutureRecord::to(topic).key(&m.user).payload(&payload);
+        let mut headers = OwnedHeaders::new();
         if let Some(event) = &m.event {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "event",
+            headers = headers.insert(Header {
+                key: EVENT_HEADER,
                 value: Some(event.as_str()),
-            }));
+            });
         }
+        if let Some(id) = &m.id {
+            headers = headers.insert(Header {
+                key: EVENT_ID_HEADER,
+                value: Some(id.as_str()),
+            });
+        }
+        if let Some(key) = &m.key {
+            headers = headers.insert(Header {
+                key: KEY_HEADER,
+                value: Some(key.as_str()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(&m.user)
+            .payload(&payload)
+            .headers(headers);
         let send = self
             .producer
             .send(record, Timeout::After(self.config.timeout));
         // message.timeout.ms bounds the send; the outer timeout is a safety net.
         match tokio::time::timeout(self.config.timeout + Duration::from_secs(1), send).await {
             Ok(Ok(delivery)) => Ok(Delivery::Cluster {
-                id: EventId::pair(delivery.partition as u64, delivery.offset as u64),
+                id: m.id.unwrap_or_else(|| {
+                    EventId::pair(delivery.partition as u64, delivery.offset as u64)
+                }),
             }),
             Ok(Err((e, _))) => Err(BusError::Unavailable(format!(
                 "the broker did not acknowledge the message: {e}"
@@ -233,8 +265,7 @@ impl Drop for KafkaBus {
 async fn consume(
     consumer: Arc<StreamConsumer>,
     topics: Vec<(String, Channel)>,
-    hub: Hub,
-    metrics: Arc<Metrics>,
+    sink: Sink,
     max_bytes: usize,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -279,7 +310,7 @@ async fn consume(
                 else {
                     continue;
                 };
-                handle(&message, channel, &hub, &metrics, max_bytes);
+                sink.handle(&message, channel, max_bytes);
             }
             Err(e) => {
                 // Transport errors are retried by the client itself; keep polling.
@@ -356,50 +387,93 @@ async fn probe(
     }
 }
 
-/// Hands one consumed message to the Hub, or skips it as poison.
-fn handle(
-    message: &BorrowedMessage<'_>,
-    channel: Channel,
-    hub: &Hub,
-    metrics: &Metrics,
-    max_bytes: usize,
-) {
-    let (partition, offset) = (message.partition(), message.offset());
-    match parse(message, max_bytes) {
-        Ok((user, event, data)) => {
-            let id = EventId::pair(partition as u64, offset as u64);
-            hub.publish_with_id(channel, user.as_str(), event.as_ref(), data, id);
-        }
-        Err(reason) => {
-            metrics.kafka_poison.add(channel, 1);
-            tracing::warn!(
-                topic = message.topic(),
-                partition,
-                offset,
-                reason,
-                "skipping poison kafka message"
-            );
+/// Where consumed messages go: the Hub, once per idempotency key.
+struct Sink {
+    hub: Hub,
+    keys: Arc<MessageKeys>,
+    metrics: Arc<Metrics>,
+}
+
+impl Sink {
+    /// Hands one consumed message to the Hub, or skips it as a repeat or as poison.
+    fn handle(&self, message: &BorrowedMessage<'_>, channel: Channel, max_bytes: usize) {
+        let (partition, offset) = (message.partition(), message.offset());
+        match parse(message, max_bytes) {
+            Ok(Parsed {
+                user,
+                event,
+                data,
+                id,
+                key,
+            }) => {
+                let id = id.unwrap_or_else(|| EventId::pair(partition as u64, offset as u64));
+                if let Some(key) = key {
+                    let fingerprint = MessageKeys::fingerprint(channel, event.as_ref(), data);
+                    if !self.keys.consumed(user.as_str(), key, fingerprint, &id) {
+                        self.metrics.message_repeats.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(partition, offset, "repeat of an idempotency key dropped");
+                        return;
+                    }
+                }
+                self.hub
+                    .publish_with_id(channel, user.as_str(), event.as_ref(), data, id);
+            }
+            Err(reason) => {
+                self.metrics.kafka_poison.add(channel, 1);
+                tracing::warn!(
+                    topic = message.topic(),
+                    partition,
+                    offset,
+                    reason,
+                    "skipping poison kafka message"
+                );
+            }
         }
     }
 }
 
-/// Splits a message into (user, event, data), or says why it is unusable.
-fn parse<'m>(
-    message: &'m BorrowedMessage<'_>,
-    max_bytes: usize,
-) -> Result<(Username, Option<EventName>, &'m str), String> {
-    let event = match message.headers() {
-        Some(headers) => match headers.iter().find(|h| h.key == "event") {
-            Some(Header { value: Some(v), .. }) => {
-                let name = std::str::from_utf8(v).map_err(|_| "event header is not UTF-8")?;
-                Some(EventName::parse(name).map_err(|e| format!("invalid event header: {e}"))?)
-            }
-            _ => None,
-        },
-        None => None,
+/// A consumed message's parts.
+struct Parsed<'m> {
+    user: Username,
+    event: Option<EventName>,
+    data: &'m str,
+    /// The id chosen before producing.
+    id: Option<EventId>,
+    /// The publishing request's `Idempotency-Key`.
+    key: Option<&'m str>,
+}
+
+/// Splits a message into its [`Parsed`] parts, or says why it is unusable.
+fn parse<'m>(message: &'m BorrowedMessage<'_>, max_bytes: usize) -> Result<Parsed<'m>, String> {
+    let header = |key: &str| -> Result<Option<&'m str>, String> {
+        match message
+            .headers()
+            .and_then(|headers| headers.iter().find(|h| h.key == key))
+        {
+            Some(Header { value: Some(v), .. }) => std::str::from_utf8(v)
+                .map(Some)
+                .map_err(|_| format!("{key} header is not UTF-8")),
+            _ => Ok(None),
+        }
     };
+    let event = header(EVENT_HEADER)?
+        .map(|name| EventName::parse(name).map_err(|e| format!("invalid event header: {e}")))
+        .transpose()?;
+    let id = header(EVENT_ID_HEADER)?
+        .map(|id| EventId::parse_uuid(id).ok_or("event-id header is not a UUID"))
+        .transpose()?;
+    let key = header(KEY_HEADER)?;
+    if key.is_some_and(|key| !valid_key(key)) {
+        return Err("idempotency-key header is not 1 to 255 printable ASCII characters".into());
+    }
     let (user, data) = parse_payload(message.payload(), max_bytes)?;
-    Ok((user, event, data))
+    Ok(Parsed {
+        user,
+        event,
+        data,
+        id,
+        key,
+    })
 }
 
 /// Splits a `user:message` payload at the first colon and validates both parts.

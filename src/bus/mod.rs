@@ -6,6 +6,8 @@
 //! are connected.
 
 pub mod kafka;
+pub mod keys;
+pub mod relay;
 
 use async_trait::async_trait;
 
@@ -23,6 +25,12 @@ pub struct Message {
     pub event: Option<EventName>,
     /// The event data (any text; the encoder makes it safe).
     pub data: String,
+    /// An id chosen before publishing (an outbox event's), kept on every instance and every
+    /// delivery so repeats are dropped; `None`: the Hub or the broker assigns one.
+    pub id: Option<EventId>,
+    /// The publishing request's `Idempotency-Key` (see [`keys`]): carried to every instance,
+    /// whose consumers deliver one record per key.
+    pub key: Option<String>,
 }
 
 /// What a publish achieved.
@@ -71,6 +79,15 @@ pub trait Bus: Send + Sync + 'static {
     fn health(&self) -> BusHealth;
 }
 
+/// Hands `m` to this instance's Hub: with its own id when it has one (a repeat of an id the
+/// user's history holds is dropped), else with the next local id.
+pub fn publish_here(hub: &Hub, m: Message) -> crate::hub::Published {
+    match m.id {
+        Some(id) => hub.publish_with_id(m.channel, &m.user, m.event.as_ref(), &m.data, id),
+        None => hub.publish(m.channel, &m.user, m.event.as_ref(), &m.data),
+    }
+}
+
 /// The in-process bus: publishes go straight to this instance's Hub.
 pub struct LocalBus {
     hub: Hub,
@@ -86,9 +103,7 @@ impl LocalBus {
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, m: Message) -> Result<Delivery, BusError> {
-        let published = self
-            .hub
-            .publish(m.channel, &m.user, m.event.as_ref(), &m.data);
+        let published = publish_here(&self.hub, m);
         Ok(Delivery::Local {
             delivered: published.delivered,
             id: published.id,

@@ -9,19 +9,24 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, IndexStatus,
-    KeySchemaElement, KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType,
-    TableStatus,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TableStatus,
+    TransactWriteItem, Update,
 };
 use uuid::Uuid;
 
+use super::idempotency::{Idempotency, KeyRecord, Outcome, forgotten_before};
+use super::outbox::{EventKind, OutboxEvent, OutboxPage, Written};
 use super::status::ReportStatus;
 use super::store::{
-    ConditionalStatusWrite, Report, ReportStore, StoreError, TransitionError, timestamp,
-    transition_checked,
+    ConditionalStatusWrite, Report, ReportStore, StoreError, TransitionError, WriteIf,
+    recorded_outcome, timestamp, transition_checked,
 };
 use crate::domain::{ReportId, UserId};
 
@@ -40,6 +45,28 @@ const ATTR_UPDATED_AT: &str = "updated_at";
 const ATTR_WRITE_TOKEN: &str = "write_token";
 /// The key of the item `/readyz` writes: not a UUID, so never a report's.
 const PROBE_KEY: &str = "_readiness_probe";
+/// Outbox events are items of the same table, written in the same transaction as their
+/// change: key `_outbox#<event id>` (never a report id), and this value as `user_id` (never a
+/// user's UUID), so that the `UserIdIndex` lists them and no user's list holds them.
+const OUTBOX_USER: &str = "_outbox";
+const OUTBOX_KEY_PREFIX: &str = "_outbox#";
+const ATTR_EVENT_ID: &str = "event_id";
+const ATTR_EVENT_USER: &str = "event_user";
+const ATTR_EVENT: &str = "event";
+const ATTR_DATA: &str = "data";
+const ATTR_RECORDED_AT: &str = "recorded_at";
+/// Idempotency keys are items too: key `_key#<user>#<key>`, and no `user_id`, so no list and
+/// no index holds them; `expires_at` (epoch seconds) suits a DynamoDB TTL on the table.
+const KEY_PREFIX: &str = "_key#";
+const ATTR_KEY_REQUEST: &str = "key_request";
+const ATTR_KEY_REPORT: &str = "key_report";
+const ATTR_EXPIRES_AT: &str = "expires_at";
+/// Marks a fence: an item put at a lost write's outbox key, so that the write, should it still
+/// arrive, fails its condition (see [`DynamoStore::settle_lost_write`]).
+const ATTR_FENCED: &str = "fenced";
+/// How long a fence is kept (a `expires_at` for a DynamoDB TTL): far longer than a request
+/// can linger in a network or a stalled server.
+const FENCE_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Region used with a custom endpoint when none is configured.
 const LOCAL_REGION: &str = "us-east-1";
@@ -160,6 +187,168 @@ fn corrupt_item(item: &HashMap<String, AttributeValue>, why: String) -> StoreErr
     StoreError::Corrupt(format!("dynamodb item {id}: {why}"))
 }
 
+/// The outbox item of `event`.
+fn outbox_item(event: &OutboxEvent) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    Ok(HashMap::from([
+        (
+            ATTR_REPORT_ID.to_owned(),
+            AttributeValue::S(format!("{OUTBOX_KEY_PREFIX}{}", event.id)),
+        ),
+        (ATTR_USER_ID.to_owned(), s(OUTBOX_USER)),
+        (ATTR_EVENT_ID.to_owned(), s(event.id)),
+        (ATTR_EVENT_USER.to_owned(), s(event.user)),
+        (ATTR_EVENT.to_owned(), s(event.kind.as_str())),
+        (ATTR_DATA.to_owned(), s(&event.data)),
+        (
+            ATTR_RECORDED_AT.to_owned(),
+            AttributeValue::S(format_time(event.recorded_at)?),
+        ),
+    ]))
+}
+
+/// The event of an outbox item; `Corrupt` when an attribute is missing or does not parse.
+fn outbox_event(item: &HashMap<String, AttributeValue>) -> Result<OutboxEvent, StoreError> {
+    let text = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(value)) => Ok(value.as_str()),
+        _ => Err(corrupt_item(
+            item,
+            format!("outbox {name} missing or not a string"),
+        )),
+    };
+    let bad = |name: &str| corrupt_item(item, format!("bad outbox {name}"));
+    Ok(OutboxEvent {
+        id: text(ATTR_EVENT_ID)?
+            .parse()
+            .map_err(|_| bad(ATTR_EVENT_ID))?,
+        user: text(ATTR_EVENT_USER)?
+            .parse()
+            .map_err(|_| bad(ATTR_EVENT_USER))?,
+        kind: EventKind::parse(text(ATTR_EVENT)?).ok_or_else(|| bad(ATTR_EVENT))?,
+        data: text(ATTR_DATA)?.to_owned(),
+        recorded_at: timestamp::parse(text(ATTR_RECORDED_AT)?)
+            .map_err(|_| bad(ATTR_RECORDED_AT))?,
+    })
+}
+
+/// The `Put` of `event`'s outbox item inside a transaction: only if there is no item at its
+/// key, so a fence put there after the write was lost makes the write fail if it comes late.
+fn outbox_put(table: &str, event: &OutboxEvent) -> Result<TransactWriteItem, StoreError> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(outbox_item(event)?))
+        .condition_expression("attribute_not_exists(report_id)")
+        .build()
+        .map_err(build_error)?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+/// The table key of `user`'s idempotency `key`.
+fn key_item_key(user: UserId, key: &str) -> AttributeValue {
+    AttributeValue::S(format!("{KEY_PREFIX}{user}#{key}"))
+}
+
+/// The `Put` of `user`'s `key`, answered with `report`, inside a transaction: only if the
+/// key is not stored, or stored but expired.
+fn key_put(
+    table: &str,
+    user: UserId,
+    key: &Idempotency,
+    report: &Report,
+    now: time::OffsetDateTime,
+) -> Result<TransactWriteItem, StoreError> {
+    let json = serde_json::to_string(report)
+        .map_err(|e| StoreError::Corrupt(format!("report to JSON: {e}")))?;
+    let expires = (now + super::idempotency::KEY_LIFETIME).unix_timestamp();
+    let put = Put::builder()
+        .table_name(table)
+        .item(ATTR_REPORT_ID, key_item_key(user, &key.key))
+        .item(ATTR_KEY_REQUEST, s(&key.request))
+        .item(ATTR_KEY_REPORT, AttributeValue::S(json))
+        .item(ATTR_RECORDED_AT, AttributeValue::S(format_time(now)?))
+        .item(ATTR_EXPIRES_AT, AttributeValue::N(expires.to_string()))
+        .condition_expression("attribute_not_exists(report_id) OR #at < :forgotten")
+        .expression_attribute_names("#at", ATTR_RECORDED_AT)
+        .expression_attribute_values(
+            ":forgotten",
+            AttributeValue::S(format_time(forgotten_before(now))?),
+        )
+        .build()
+        .map_err(build_error)?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+/// The record of a key item; `Corrupt` when an attribute is missing or does not parse.
+fn key_record(item: &HashMap<String, AttributeValue>) -> Result<KeyRecord, StoreError> {
+    let text = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(value)) => Ok(value.as_str()),
+        _ => Err(corrupt_item(
+            item,
+            format!("key {name} missing or not a string"),
+        )),
+    };
+    let bad = |name: &str| corrupt_item(item, format!("bad key {name}"));
+    Ok(KeyRecord {
+        request: text(ATTR_KEY_REQUEST)?.to_owned(),
+        report: serde_json::from_str(text(ATTR_KEY_REPORT)?).map_err(|_| bad(ATTR_KEY_REPORT))?,
+        used_at: timestamp::parse(text(ATTR_RECORDED_AT)?).map_err(|_| bad(ATTR_RECORDED_AT))?,
+    })
+}
+
+/// Why a transaction was cancelled, by item: the condition of item `i` failed.
+fn condition_failed<R>(err: &SdkError<TransactWriteItemsError, R>, i: usize) -> bool {
+    cancellation_code(err, i).is_some_and(|code| code == "ConditionalCheckFailed")
+}
+
+/// Whether a transaction was cancelled because another one was writing the same items.
+fn conflicted<R>(err: &SdkError<TransactWriteItemsError, R>) -> bool {
+    (0..3).any(|i| cancellation_code(err, i).is_some_and(|code| code == "TransactionConflict"))
+        || matches!(
+            err.as_service_error(),
+            Some(TransactWriteItemsError::TransactionInProgressException(_))
+        )
+}
+
+fn cancellation_code<R>(err: &SdkError<TransactWriteItemsError, R>, i: usize) -> Option<&str> {
+    match err.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
+            e.cancellation_reasons().get(i).and_then(|r| r.code())
+        }
+        _ => None,
+    }
+}
+
+/// Whether a failed call may still have been applied: it was sent, and no answer said what
+/// became of it (a timeout, a connection lost mid-request, an unreadable answer, a 5xx).
+/// A refused connection, a DNS failure or a 4xx answer each say it was not.
+fn ambiguous<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> bool {
+    match err {
+        SdkError::ConstructionFailure(_) => false,
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(failure) => {
+            if failure.is_user() {
+                return false;
+            }
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+            while let Some(e) = source {
+                if let Some(io) = e.downcast_ref::<std::io::Error>()
+                    && matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::AddrNotAvailable
+                            | std::io::ErrorKind::NotFound
+                    )
+                {
+                    return false;
+                }
+                source = e.source();
+            }
+            true
+        }
+        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
+        _ => true,
+    }
+}
+
 fn s(value: impl fmt::Display) -> AttributeValue {
     AttributeValue::S(value.to_string())
 }
@@ -204,6 +393,8 @@ fn env_var(name: &str) -> Option<String> {
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// How long [`DynamoStore::settle_lost_write`] may try (the operation timeout).
+    fence_window: Duration,
     /// `Limit` per GSI query page in `list`; `None` lets DynamoDB pick (1 MB pages).
     page_size: Option<i32>,
 }
@@ -262,6 +453,7 @@ impl DynamoStore {
         Ok(Self {
             client: Client::new(&sdk_config),
             table: cfg.table,
+            fence_window: cfg.operation_timeout,
             page_size: None,
         })
     }
@@ -383,6 +575,39 @@ impl DynamoStore {
         }
     }
 
+    /// Calls `each` with every item whose `user_id` is `user`, page by page through the
+    /// `UserIdIndex`.
+    async fn each_of_user(
+        &self,
+        user: AttributeValue,
+        op: &str,
+        mut each: impl FnMut(&HashMap<String, AttributeValue>) -> Result<(), StoreError> + Send,
+    ) -> Result<(), StoreError> {
+        let mut start_key = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(USER_INDEX)
+                .key_condition_expression("#user = :user")
+                .expression_attribute_names("#user", ATTR_USER_ID)
+                .expression_attribute_values(":user", user.clone())
+                .set_limit(self.page_size)
+                .set_exclusive_start_key(start_key.take())
+                .send()
+                .await
+                .map_err(|e| unavailable(op, e))?;
+            for item in page.items() {
+                each(item)?;
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start_key = Some(key),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Strongly consistent read of the raw item, whoever owns it.
     async fn get_item(
         &self,
@@ -401,42 +626,164 @@ impl DynamoStore {
     }
 }
 
+/// What became of a write whose answer was lost.
+enum Settled {
+    /// It landed.
+    Written,
+    /// It did not, and a fence makes sure it never will.
+    NotWritten,
+}
+
+impl DynamoStore {
+    /// Settles a transaction whose answer was lost ([`ambiguous`]) by putting a fence at its
+    /// event's outbox key, unless its outbox item is there. Either the write landed (its
+    /// outbox item is there: [`Settled::Written`]) or it never will (its outbox `Put` has the
+    /// condition that nothing is at its key, so the write fails should it still arrive:
+    /// [`Settled::NotWritten`]). Retried for the fence window; after it the outcome is
+    /// unknown, an error.
+    ///
+    /// The relay never removes an event this young (its settle time is longer than a write
+    /// and its fence together), so a missing outbox item means "not written".
+    async fn settle_lost_write(&self, event: &OutboxEvent) -> Result<Settled, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.fence_window;
+        let expires = (time::OffsetDateTime::now_utc() + FENCE_LIFETIME).unix_timestamp();
+        let mut last = "no attempt finished".to_owned();
+        while tokio::time::Instant::now() < deadline {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(
+                    ATTR_REPORT_ID,
+                    AttributeValue::S(format!("{OUTBOX_KEY_PREFIX}{}", event.id)),
+                )
+                .item(ATTR_FENCED, AttributeValue::Bool(true))
+                .item(ATTR_EXPIRES_AT, AttributeValue::N(expires.to_string()))
+                // Our own fence again (an earlier attempt's answer was lost too) is fine.
+                .condition_expression("attribute_not_exists(report_id) OR #fenced = :yes")
+                .expression_attribute_names("#fenced", ATTR_FENCED)
+                .expression_attribute_values(":yes", AttributeValue::Bool(true))
+                .send();
+            match tokio::time::timeout_at(deadline, put).await {
+                Ok(Ok(_)) => return Ok(Settled::NotWritten),
+                Ok(Err(e))
+                    if matches!(
+                        e.as_service_error(),
+                        Some(PutItemError::ConditionalCheckFailedException(_))
+                    ) =>
+                {
+                    return Ok(Settled::Written);
+                }
+                Ok(Err(e)) => last = DisplayErrorContext(&e).to_string(),
+                Err(_) => last = "timed out".to_owned(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::error!(
+            event_id = %event.id,
+            error = %last,
+            "a DynamoDB write whose answer was lost could not be settled: its outcome is unknown \
+             (if it landed, its event is still relayed)"
+        );
+        Err(StoreError::Unavailable(format!(
+            "dynamodb: a write did not answer and its outcome could not be settled: {last}"
+        )))
+    }
+
+    /// The outcome of a transaction that failed with `err`, when `err` leaves it open whether
+    /// it was applied: settled by a fence. `None` when `err` says it was not applied.
+    async fn settled<E: std::error::Error + 'static>(
+        &self,
+        err: &SdkError<E, HttpResponse>,
+        event: &OutboxEvent,
+    ) -> Option<Result<Settled, StoreError>> {
+        if !ambiguous(err) {
+            return None;
+        }
+        tracing::warn!(event_id = %event.id, error = %DisplayErrorContext(err), "a DynamoDB write did not answer: settling it");
+        Some(self.settle_lost_write(event).await)
+    }
+}
+
+/// The error of a write that a fence made sure never lands.
+fn abandoned<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> StoreError {
+    StoreError::Unavailable(format!(
+        "dynamodb: a write did not answer and was abandoned for good: {}",
+        DisplayErrorContext(err)
+    ))
+}
+
 #[async_trait]
 impl ReportStore for DynamoStore {
-    async fn create(&self, user: UserId) -> Result<Report, StoreError> {
+    /// One transaction: the report (if its id is new), its event's outbox item and the key.
+    async fn create_keyed(
+        &self,
+        user: UserId,
+        key: Option<Idempotency>,
+    ) -> Result<Outcome, StoreError> {
         let report = Report::new_pending(user);
+        let event = OutboxEvent::created(&report)?;
+        let now = time::OffsetDateTime::now_utc();
         let mut item = ReportItem::try_from(&report)?.0;
         item.insert(
             ATTR_UPDATED_AT.to_owned(),
             AttributeValue::S(format_time(report.created_at)?),
         );
-        let put = self
-            .client
-            .put_item()
+        let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(report_id)")
+            .build()
+            .map_err(build_error)?;
+        let mut transaction = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(outbox_put(&self.table, &event)?);
+        if let Some(key) = &key {
+            transaction =
+                transaction.transact_items(key_put(&self.table, user, key, &report, now)?);
+        }
+        // The same token on the SDK's retries: DynamoDB applies the transaction once.
+        let written = transaction
+            .client_request_token(event.id.to_string())
             .send()
             .await;
-        match put {
-            Ok(_) => Ok(report),
-            // Either our own first attempt landed and the SDK's retry hit the condition,
-            // or (practically impossible) a v4 id collision: tell them apart by reading.
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                match self.get_item(report.report_id).await? {
-                    Some(item) if Report::try_from(&item).as_ref() == Ok(&report) => Ok(report),
-                    _ => Err(StoreError::Unavailable(format!(
-                        "report id {} already taken",
-                        report.report_id
-                    ))),
-                }
-            }
-            Err(err) => Err(unavailable("PutItem", err)),
+        let err = match written {
+            Ok(_) => return Ok(Outcome::Written(Written { report, event })),
+            Err(err) => err,
+        };
+        match self.settled(&err, &event).await {
+            Some(Ok(Settled::Written)) => return Ok(Outcome::Written(Written { report, event })),
+            Some(Ok(Settled::NotWritten)) => return Err(abandoned(&err)),
+            Some(Err(unknown)) => return Err(unknown),
+            None => {}
         }
+        if let Some(key) = &key {
+            if condition_failed(&err, 2) {
+                // Another request with this key was written first: its answer stands.
+                return Ok(recorded_outcome(self, user, key)
+                    .await?
+                    .unwrap_or(Outcome::KeyInProgress));
+            }
+            if conflicted(&err) {
+                return Ok(Outcome::KeyInProgress);
+            }
+        }
+        if condition_failed(&err, 0) {
+            // Either our own first attempt landed and a retry hit the condition, or
+            // (practically impossible) a v4 id collision: tell them apart by reading.
+            return match self.get_item(report.report_id).await? {
+                Some(item) if Report::try_from(&item).as_ref() == Ok(&report) => {
+                    Ok(Outcome::Written(Written { report, event }))
+                }
+                _ => Err(StoreError::Unavailable(format!(
+                    "report id {} already taken",
+                    report.report_id
+                ))),
+            };
+        }
+        Err(unavailable("TransactWriteItems", err))
     }
 
     async fn get(&self, user: UserId, report: ReportId) -> Result<Option<Report>, StoreError> {
@@ -445,40 +792,60 @@ impl ReportStore for DynamoStore {
 
     async fn list(&self, user: UserId) -> Result<Vec<Report>, StoreError> {
         let mut reports = Vec::new();
-        let mut start_key = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(USER_INDEX)
-                .key_condition_expression("#user = :user")
-                .expression_attribute_names("#user", ATTR_USER_ID)
-                .expression_attribute_values(":user", s(user))
-                .set_limit(self.page_size)
-                .set_exclusive_start_key(start_key.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Query", e))?;
-            for item in page.items() {
-                reports.push(Report::try_from(item)?);
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start_key = Some(key),
-                _ => break,
-            }
-        }
+        self.each_of_user(s(user), "Query", |item| {
+            reports.push(Report::try_from(item)?);
+            Ok(())
+        })
+        .await?;
         reports.sort_by(Report::list_order);
         Ok(reports)
     }
 
-    async fn transition(
+    async fn transition_keyed(
         &self,
         user: UserId,
         report: ReportId,
         to: ReportStatus,
-    ) -> Result<Report, TransitionError> {
-        transition_checked(self, user, report, to).await
+        key: Option<Idempotency>,
+    ) -> Result<Outcome, TransitionError> {
+        transition_checked(self, user, report, to, key.as_ref()).await
+    }
+
+    /// The outbox items, through the `UserIdIndex` (eventually consistent: an event written
+    /// a moment ago may show up on the next call).
+    async fn outbox(&self, limit: usize) -> Result<OutboxPage, StoreError> {
+        let mut events = Vec::new();
+        let mut total = 0u64;
+        self.each_of_user(s(OUTBOX_USER), "Query (outbox)", |item| {
+            total += 1;
+            events.push(outbox_event(item)?);
+            // Keep the oldest `limit`, so a long outbox costs little memory, not all of it.
+            if events.len() > limit.saturating_mul(2).max(64) {
+                events.sort_by_key(|e: &OutboxEvent| (e.recorded_at, e.id));
+                events.truncate(limit);
+            }
+            Ok(())
+        })
+        .await?;
+        events.sort_by_key(|e| (e.recorded_at, e.id));
+        events.truncate(limit);
+        Ok(OutboxPage { events, total })
+    }
+
+    async fn outbox_done(&self, ids: Vec<Uuid>) -> Result<(), StoreError> {
+        for id in ids {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key(
+                    ATTR_REPORT_ID,
+                    AttributeValue::S(format!("{OUTBOX_KEY_PREFIX}{id}")),
+                )
+                .send()
+                .await
+                .map_err(|e| unavailable("DeleteItem (outbox)", e))?;
+        }
+        Ok(())
     }
 
     /// Ready means writable: puts an item of its own (its key is not a report id and it has
@@ -514,17 +881,31 @@ impl ConditionalStatusWrite for DynamoStore {
         Ok((found.user_id == user).then_some(found))
     }
 
+    async fn read_key(&self, user: UserId, key: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(ATTR_REPORT_ID, key_item_key(user, key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem (key)", e))?;
+        out.item.as_ref().map(key_record).transpose()
+    }
+
+    /// One transaction: the conditional update, the event's outbox item and the key.
     async fn write_if(
         &self,
-        user: UserId,
-        report: ReportId,
-        expected: ReportStatus,
+        current: &Report,
         to: ReportStatus,
-    ) -> Result<Option<Report>, StoreError> {
-        let token = Uuid::new_v4().to_string();
-        let updated = self
-            .client
-            .update_item()
+        event: &OutboxEvent,
+        key: Option<&Idempotency>,
+    ) -> Result<WriteIf, StoreError> {
+        let report = current.report_id;
+        let token = event.id.to_string();
+        let now = time::OffsetDateTime::now_utc();
+        let update = Update::builder()
             .table_name(&self.table)
             .key(ATTR_REPORT_ID, s(report))
             .update_expression("SET #status = :to, #updated = :now, #token = :token")
@@ -534,43 +915,57 @@ impl ConditionalStatusWrite for DynamoStore {
             .expression_attribute_names("#token", ATTR_WRITE_TOKEN)
             .expression_attribute_names("#user", ATTR_USER_ID)
             .expression_attribute_values(":to", s(to))
-            .expression_attribute_values(
-                ":now",
-                AttributeValue::S(format_time(timestamp::now_millis())?),
-            )
+            .expression_attribute_values(":now", AttributeValue::S(format_time(now)?))
             .expression_attribute_values(":token", AttributeValue::S(token.clone()))
-            .expression_attribute_values(":expected", s(expected))
-            .expression_attribute_values(":user", s(user))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match updated {
-            Ok(out) => match out.attributes() {
-                Some(item) => Report::try_from(item).map(Some),
-                None => Err(StoreError::Corrupt(format!(
-                    "UpdateItem on {report} returned no attributes"
-                ))),
-            },
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                // Did an earlier attempt of this very call land (answer lost, SDK retried)?
-                let Some(item) = self.get_item(report).await? else {
-                    return Ok(None);
-                };
-                let ours =
-                    matches!(item.get(ATTR_WRITE_TOKEN), Some(AttributeValue::S(t)) if *t == token);
-                if ours {
-                    let found = Report::try_from(&item)?;
-                    Ok((found.user_id == user).then_some(found))
-                } else {
-                    Ok(None)
-                }
-            }
-            Err(err) => Err(unavailable("UpdateItem", err)),
+            .expression_attribute_values(":expected", s(current.report_status))
+            .expression_attribute_values(":user", s(current.user_id))
+            .build()
+            .map_err(build_error)?;
+        let moved = Report {
+            report_status: to,
+            ..current.clone()
+        };
+        let mut transaction = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .transact_items(outbox_put(&self.table, event)?);
+        if let Some(key) = key {
+            transaction = transaction.transact_items(key_put(
+                &self.table,
+                current.user_id,
+                key,
+                &moved,
+                now,
+            )?);
         }
+        let err = match transaction.client_request_token(token.clone()).send().await {
+            Ok(_) => return Ok(WriteIf::Written(moved)),
+            Err(err) => err,
+        };
+        match self.settled(&err, event).await {
+            Some(Ok(Settled::Written)) => return Ok(WriteIf::Written(moved)),
+            Some(Ok(Settled::NotWritten)) => return Err(abandoned(&err)),
+            Some(Err(unknown)) => return Err(unknown),
+            None => {}
+        }
+        if key.is_some() && (condition_failed(&err, 2) || conflicted(&err)) {
+            return Ok(WriteIf::KeyTaken);
+        }
+        if condition_failed(&err, 0) {
+            // Did an earlier attempt of this very call land (answer lost, SDK retried)?
+            let Some(item) = self.get_item(report).await? else {
+                return Ok(WriteIf::Changed);
+            };
+            let ours =
+                matches!(item.get(ATTR_WRITE_TOKEN), Some(AttributeValue::S(t)) if *t == token);
+            return Ok(if ours {
+                WriteIf::Written(moved)
+            } else {
+                WriteIf::Changed
+            });
+        }
+        Err(unavailable("TransactWriteItems", err))
     }
 }
 

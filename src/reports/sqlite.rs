@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::idempotency::{Idempotency, KeyRecord, Outcome, forgotten_before};
+use super::outbox::{EventKind, OutboxEvent, OutboxPage, Written};
 use super::status::ReportStatus;
 use super::store::{Report, ReportStore, StoreError, TransitionError, timestamp};
 use crate::domain::{ReportId, UserId};
@@ -18,6 +20,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest the readiness probe waits for the write lock.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Bytes the readiness probe writes: more than any one report write (a few pages), so that
+/// "ready" means a write fits, not merely the smallest one (on a nearly full disk SQLite reuses
+/// the space of a failed transaction, which a tiny probe would fit into).
+const PROBE_BYTES: i64 = 32 * 1024;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS reports (
     report_id  TEXT PRIMARY KEY,
@@ -27,9 +34,28 @@ CREATE TABLE IF NOT EXISTS reports (
     updated_at TEXT
 );
 CREATE INDEX IF NOT EXISTS reports_user_created ON reports (user_id, created_at);
-CREATE TABLE IF NOT EXISTS store_probe (
+CREATE TABLE IF NOT EXISTS outbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT NOT NULL UNIQUE,
+    user_id     TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    data        TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    user_id TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    request TEXT NOT NULL,
+    report  TEXT NOT NULL,
+    used_at TEXT NOT NULL,
+    PRIMARY KEY (user_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_used ON idempotency (used_at);
+DROP TABLE IF EXISTS store_probe;
+CREATE TABLE IF NOT EXISTS readiness_probe (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
-    probed_at TEXT NOT NULL
+    probed_at TEXT NOT NULL,
+    padding   BLOB NOT NULL
 );
 ";
 
@@ -252,6 +278,112 @@ fn in_transaction<T>(
     outcome
 }
 
+/// Records `event` in the outbox, inside the caller's transaction.
+fn record(conn: &Connection, event: &OutboxEvent) -> Result<(), StoreError> {
+    let at = format_time(event.recorded_at)?;
+    conn.prepare_cached(
+        "INSERT INTO outbox (event_id, user_id, event, data, recorded_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            event.id.to_string(),
+            event.user.to_string(),
+            event.kind.as_str(),
+            event.data,
+            at
+        ])
+    })
+    .map(drop)
+    .map_err(sql_error)
+}
+
+/// An outbox row as an event; `Corrupt` when a column does not parse.
+fn outbox_event(
+    (id, user, kind, data, at): (String, String, String, String, String),
+) -> Result<OutboxEvent, StoreError> {
+    let corrupt = |what: &str, value: &str| {
+        StoreError::Corrupt(format!("sqlite outbox row {id}: bad {what} {value:?}"))
+    };
+    Ok(OutboxEvent {
+        id: id.parse().map_err(|_| corrupt("event_id", &id))?,
+        user: user.parse().map_err(|_| corrupt("user_id", &user))?,
+        kind: EventKind::parse(&kind).ok_or_else(|| corrupt("event", &kind))?,
+        recorded_at: timestamp::parse(&at).map_err(|_| corrupt("recorded_at", &at))?,
+        data,
+    })
+}
+
+/// Expired keys deleted per keyed write: the table is swept as it is used, a little each time.
+const KEY_SWEEP: i64 = 16;
+
+/// `user`'s live record of `key`, inside the caller's transaction.
+fn live_key(
+    conn: &Connection,
+    user: UserId,
+    key: &str,
+    now: time::OffsetDateTime,
+) -> Result<Option<KeyRecord>, StoreError> {
+    let row: Option<(String, String, String)> = conn
+        .prepare_cached(
+            "SELECT request, report, used_at FROM idempotency WHERE user_id = ?1 AND key = ?2",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row(params![user.to_string(), key], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(sql_error)?;
+    let Some((request, report, used_at)) = row else {
+        return Ok(None);
+    };
+    let corrupt =
+        |what: &str| StoreError::Corrupt(format!("sqlite idempotency key {key:?}: bad {what}"));
+    let record = KeyRecord {
+        request,
+        report: serde_json::from_str(&report).map_err(|_| corrupt("report"))?,
+        used_at: timestamp::parse(&used_at).map_err(|_| corrupt("used_at"))?,
+    };
+    Ok(record.is_live(now).then_some(record))
+}
+
+/// Records `key` as answered with `report`, inside the caller's transaction (replacing an
+/// expired record of the same key), and forgets a few expired keys.
+fn record_key(
+    conn: &Connection,
+    user: UserId,
+    key: &Idempotency,
+    report: &Report,
+    now: time::OffsetDateTime,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(report)
+        .map_err(|e| StoreError::Corrupt(format!("report to JSON: {e}")))?;
+    let used_at = format_time(now)?;
+    let cutoff = format_time(forgotten_before(now))?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency (user_id, key, request, report, used_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            user.to_string(),
+            key.key,
+            key.request,
+            json,
+            used_at
+        ])
+    })
+    .map_err(sql_error)?;
+    conn.prepare_cached(
+        "DELETE FROM idempotency WHERE rowid IN \
+         (SELECT rowid FROM idempotency WHERE used_at < ?1 ORDER BY used_at LIMIT ?2)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![cutoff, KEY_SWEEP]))
+    .map(drop)
+    .map_err(sql_error)
+}
+
 fn select_one(
     conn: &Connection,
     user: UserId,
@@ -273,10 +405,22 @@ fn select_one(
 
 #[async_trait]
 impl ReportStore for SqliteStore {
-    async fn create(&self, user: UserId) -> Result<Report, StoreError> {
+    async fn create_keyed(
+        &self,
+        user: UserId,
+        key: Option<Idempotency>,
+    ) -> Result<Outcome, StoreError> {
         let report = Report::new_pending(user);
         let row = SqliteRow::try_from(&report)?;
+        let event = OutboxEvent::created(&report)?;
+        let now = time::OffsetDateTime::now_utc();
         self.write(move |conn| {
+            if let Some(key) = &key
+                && let Some(record) = live_key(conn, user, &key.key, now)?
+            {
+                return Ok(record.outcome(&key.request));
+            }
+            record(conn, &event)?;
             conn.prepare_cached(
                 "INSERT INTO reports (report_id, user_id, status, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -289,10 +433,13 @@ impl ReportStore for SqliteStore {
                     row.created_at
                 ])
             })
-            .map_err(sql_error)
+            .map_err(sql_error)?;
+            if let Some(key) = &key {
+                record_key(conn, user, key, &report, now)?;
+            }
+            Ok(Outcome::Written(Written { report, event }))
         })
-        .await?;
-        Ok(report)
+        .await
     }
 
     async fn get(&self, user: UserId, report: ReportId) -> Result<Option<Report>, StoreError> {
@@ -324,17 +471,24 @@ impl ReportStore for SqliteStore {
         Ok(reports)
     }
 
-    /// One transaction: read, check with the state machine, update, commit. The write lock
+    /// One transaction: the key, read, check with the state machine, update, commit. The write lock
     /// is held from the read on, so no other writer can come in between and there is no
     /// race to retry; the whole of it shares one deadline.
-    async fn transition(
+    async fn transition_keyed(
         &self,
         user: UserId,
         report: ReportId,
         to: ReportStatus,
-    ) -> Result<Report, TransitionError> {
-        let now = format_time(timestamp::now_millis())?;
+        key: Option<Idempotency>,
+    ) -> Result<Outcome, TransitionError> {
+        let at = time::OffsetDateTime::now_utc();
+        let now = format_time(at)?;
         self.write(move |conn| {
+            if let Some(key) = &key
+                && let Some(record) = live_key(conn, user, &key.key, at)?
+            {
+                return Ok(Ok(record.outcome(&key.request)));
+            }
             let Some(current) = select_one(conn, user, report)? else {
                 return Ok(Err(TransitionError::NotFound));
             };
@@ -360,12 +514,70 @@ impl ReportStore for SqliteStore {
                     "sqlite: the update of report {report} changed {changed} rows"
                 )));
             }
-            Ok(Ok(Report {
+            let report = Report {
                 report_status: to,
                 ..current
-            }))
+            };
+            let event = OutboxEvent::status_changed(&report);
+            record(conn, &event)?;
+            if let Some(key) = &key {
+                record_key(conn, user, key, &report, at)?;
+            }
+            Ok(Ok(Outcome::Written(Written { report, event })))
         })
         .await?
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<OutboxPage, StoreError> {
+        let (rows, total) = self
+            .with_conn(self.timeout, move |conn, _| {
+                let total: i64 = conn
+                    .query_row("SELECT count(*) FROM outbox", [], |row| row.get(0))
+                    .map_err(sql_error)?;
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT event_id, user_id, event, data, recorded_at FROM outbox \
+                         ORDER BY seq LIMIT ?1",
+                    )
+                    .map_err(sql_error)?;
+                let rows = stmt
+                    .query_map(params![limit as i64], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    })
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                    .map_err(sql_error)?;
+                Ok((rows, total))
+            })
+            .await?;
+        Ok(OutboxPage {
+            events: rows
+                .into_iter()
+                .map(outbox_event)
+                .collect::<Result<_, _>>()?,
+            total: total.max(0) as u64,
+        })
+    }
+
+    async fn outbox_done(&self, ids: Vec<uuid::Uuid>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("DELETE FROM outbox WHERE event_id = ?1")
+                .map_err(sql_error)?;
+            for id in &ids {
+                stmt.execute(params![id.to_string()]).map_err(sql_error)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Ready means writable: commits a row of its own (a full disk, a lock held by another
@@ -377,9 +589,9 @@ impl ReportStore for SqliteStore {
                 .map_err(sql_error)?;
             in_transaction(conn, deadline, |conn| {
                 conn.execute(
-                    "INSERT INTO store_probe (id, probed_at) VALUES (1, ?1) \
-                     ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
-                    params![now],
+                    "INSERT OR REPLACE INTO readiness_probe (id, probed_at, padding) \
+                     VALUES (1, ?1, randomblob(?2))",
+                    params![now, PROBE_BYTES],
                 )
                 .map_err(sql_error)
             })
@@ -442,15 +654,29 @@ mod tests {
         let user = UserId::new_v4();
         let created = store.create(user).await.unwrap();
         assert_eq!(
-            store.get(user, created.report_id).await.unwrap(),
-            Some(created.clone())
+            store.get(user, created.report.report_id).await.unwrap(),
+            Some(created.report.clone())
         );
         let queued = store
-            .transition(user, created.report_id, ReportStatus::Queued)
+            .transition(user, created.report.report_id, ReportStatus::Queued)
             .await
             .unwrap();
-        assert_eq!(queued.report_status, ReportStatus::Queued);
-        assert_eq!(store.list(user).await.unwrap(), vec![queued]);
+        assert_eq!(queued.report.report_status, ReportStatus::Queued);
+        assert_eq!(store.list(user).await.unwrap(), vec![queued.report]);
+        // Both events wait in the outbox, oldest first, until they are marked relayed.
+        let page = store.outbox(10).await.unwrap();
+        assert_eq!(page.total, 2);
+        assert_eq!(
+            page.events,
+            vec![created.event.clone(), queued.event.clone()]
+        );
+        assert_eq!(
+            store.outbox(1).await.unwrap().events,
+            vec![created.event.clone()]
+        );
+        store.outbox_done(vec![created.event.id]).await.unwrap();
+        let page = store.outbox(10).await.unwrap();
+        assert_eq!((page.total, page.events), (1, vec![queued.event]));
     }
 
     #[tokio::test]

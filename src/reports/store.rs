@@ -1,5 +1,7 @@
 //! The `ReportStore` trait every backend implements, its ids, its `Report` record and its errors.
 
+use super::idempotency::{Idempotency, KeyRecord, Outcome};
+use super::outbox::{OutboxEvent, OutboxPage, Written};
 use super::status::ReportStatus;
 use crate::domain::{ReportId, UserId};
 use async_trait::async_trait;
@@ -155,12 +157,32 @@ fn display_list(statuses: &[ReportStatus]) -> String {
 /// Durable storage of report status records, one implementation per backend.
 ///
 /// All methods are cancel-safe in the sense that a dropped future leaves the store
-/// consistent (each write is a single atomic statement/request).
+/// consistent (each write is a single atomic transaction).
+///
+/// Every write records the event that announces it in the outbox, atomically with the change
+/// (see [`super::outbox`]): the change and its event are both stored, or neither is.
 #[async_trait]
 pub trait ReportStore: Send + Sync + 'static {
-    /// Creates a `pending` report for `user` with a new v4 id and `created_at` = now.
-    /// Returns after the write is durable. Fails with `Unavailable` when the store is down.
-    async fn create(&self, user: UserId) -> Result<Report, StoreError>;
+    /// Creates a `pending` report for `user` with a new v4 id and `created_at` = now, and
+    /// records its `report_created` event. Returns after the write is durable. Fails with
+    /// `Unavailable` when the store is down.
+    ///
+    /// With a `key`, the key is recorded with the write (see [`super::idempotency`]), and a
+    /// key already used by `user` answers [`Outcome::Replayed`] (same request) or
+    /// [`Outcome::KeyReused`] (another request) without writing anything.
+    async fn create_keyed(
+        &self,
+        user: UserId,
+        key: Option<Idempotency>,
+    ) -> Result<Outcome, StoreError>;
+
+    /// [`ReportStore::create_keyed`] without a key.
+    async fn create(&self, user: UserId) -> Result<Written, StoreError> {
+        let outcome = self.create_keyed(user, None).await?;
+        outcome
+            .written()
+            .ok_or_else(|| StoreError::Corrupt("a create without a key was not written".into()))
+    }
 
     /// The report, or `None` when it does not exist or belongs to another user.
     async fn get(&self, user: UserId, report: ReportId) -> Result<Option<Report>, StoreError>;
@@ -171,14 +193,38 @@ pub trait ReportStore: Send + Sync + 'static {
     /// Moves the report to `to` if the state machine allows it, with a conditional write
     /// (the status must still be the one that was checked and the user must match).
     ///
+    /// Records the `report_status_update` event with the change, and the `key` as
+    /// [`ReportStore::create_keyed`] does (a used key is answered before the state machine
+    /// is consulted: its first request's answer stands).
+    ///
     /// Fails with `NotFound` (missing or other user's), `Invalid` (forbidden from the
     /// current status, also when a concurrent writer changed it first) or `Store`.
+    async fn transition_keyed(
+        &self,
+        user: UserId,
+        report: ReportId,
+        to: ReportStatus,
+        key: Option<Idempotency>,
+    ) -> Result<Outcome, TransitionError>;
+
+    /// [`ReportStore::transition_keyed`] without a key.
     async fn transition(
         &self,
         user: UserId,
         report: ReportId,
         to: ReportStatus,
-    ) -> Result<Report, TransitionError>;
+    ) -> Result<Written, TransitionError> {
+        let outcome = self.transition_keyed(user, report, to, None).await?;
+        outcome.written().ok_or_else(|| {
+            StoreError::Corrupt("a transition without a key was not written".into()).into()
+        })
+    }
+
+    /// The oldest `limit` events of the outbox (oldest first) and how many it holds.
+    async fn outbox(&self, limit: usize) -> Result<OutboxPage, StoreError>;
+
+    /// Removes relayed events from the outbox (ids no longer there are ignored).
+    async fn outbox_done(&self, ids: Vec<uuid::Uuid>) -> Result<(), StoreError>;
 
     /// A cheap readiness check: `Ok` when the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -187,33 +233,70 @@ pub trait ReportStore: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
-/// The two primitives a backend provides so that [`transition_checked`] can implement
-/// the read–check–conditional-write contract of [`ReportStore::transition`].
+/// What a conditional status write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteIf {
+    /// Written: the report as it now is.
+    Written(Report),
+    /// The report was not as expected (changed, deleted, another user's): nothing written.
+    Changed,
+    /// The idempotency key was recorded by another request first: nothing written.
+    KeyTaken,
+}
+
+/// The primitives a backend provides so that [`transition_checked`] can implement the
+/// read–check–conditional-write contract of [`ReportStore::transition_keyed`].
 #[async_trait]
 pub(crate) trait ConditionalStatusWrite: Send + Sync {
     /// Same as [`ReportStore::get`] (a strongly consistent read).
     async fn read(&self, user: UserId, report: ReportId) -> Result<Option<Report>, StoreError>;
 
-    /// Sets the status to `to` only if the record exists, belongs to `user` and its status
-    /// is `expected`. `Ok(Some(updated))` when written, `Ok(None)` when the condition failed.
+    /// `user`'s record of `key`, if it is stored (live or not); a strongly consistent read.
+    async fn read_key(&self, user: UserId, key: &str) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Sets the status to `to`, records `event` in the outbox and `key` (if any) with the
+    /// moved report, all or nothing, only if the record still exists, belongs to `current`'s
+    /// user and has `current`'s status, and the key is not live already.
     async fn write_if(
         &self,
-        user: UserId,
-        report: ReportId,
-        expected: ReportStatus,
+        current: &Report,
         to: ReportStatus,
-    ) -> Result<Option<Report>, StoreError>;
+        event: &OutboxEvent,
+        key: Option<&Idempotency>,
+    ) -> Result<WriteIf, StoreError>;
 }
 
-/// Read, check with the state machine, conditionally write; after a lost race re-read and
-/// answer with the now-current status, retrying at most [`MAX_TRANSITION_ATTEMPTS`] times
-/// while the transition is still valid.
+/// The outcome for a key found already recorded: its first request's answer, or a misuse.
+/// `None` when there is no live record (then the write may go ahead).
+pub(crate) async fn recorded_outcome(
+    store: &dyn ConditionalStatusWrite,
+    user: UserId,
+    key: &Idempotency,
+) -> Result<Option<Outcome>, StoreError> {
+    let now = time::OffsetDateTime::now_utc();
+    Ok(store
+        .read_key(user, &key.key)
+        .await?
+        .filter(|record| record.is_live(now))
+        .map(|record| record.outcome(&key.request)))
+}
+
+/// With a key, first answers a key already used; then reads, checks with the state
+/// machine and writes conditionally; after a lost race re-reads and answers with the
+/// now-current status, retrying at most [`MAX_TRANSITION_ATTEMPTS`] times while the
+/// transition is still valid.
 pub(crate) async fn transition_checked(
     store: &dyn ConditionalStatusWrite,
     user: UserId,
     report: ReportId,
     to: ReportStatus,
-) -> Result<Report, TransitionError> {
+    key: Option<&Idempotency>,
+) -> Result<Outcome, TransitionError> {
+    if let Some(key) = key
+        && let Some(outcome) = recorded_outcome(store, user, key).await?
+    {
+        return Ok(outcome);
+    }
     let mut current = store
         .read(user, report)
         .await?
@@ -222,11 +305,26 @@ pub(crate) async fn transition_checked(
         if !current.report_status.can_transition_to(to) {
             return Err(TransitionError::invalid(current.report_status));
         }
-        if let Some(updated) = store
-            .write_if(user, report, current.report_status, to)
-            .await?
-        {
-            return Ok(updated);
+        let event = OutboxEvent::status_changed(&Report {
+            report_status: to,
+            ..current.clone()
+        });
+        match store.write_if(&current, to, &event, key).await? {
+            WriteIf::Written(updated) => {
+                return Ok(Outcome::Written(Written {
+                    report: updated,
+                    event,
+                }));
+            }
+            WriteIf::KeyTaken => {
+                // A concurrent request with the same key got there first.
+                let outcome = match key {
+                    Some(key) => recorded_outcome(store, user, key).await?,
+                    None => None,
+                };
+                return Ok(outcome.unwrap_or(Outcome::KeyInProgress));
+            }
+            WriteIf::Changed => {}
         }
         // Someone else changed (or deleted) the record between our read and write.
         current = store
@@ -322,13 +420,22 @@ mod tests {
             Ok((r.user_id == user && r.report_id == report).then_some(r))
         }
 
-        async fn write_if(
+        async fn read_key(
             &self,
             _user: UserId,
-            _report: ReportId,
-            expected: ReportStatus,
+            _key: &str,
+        ) -> Result<Option<KeyRecord>, StoreError> {
+            Ok(None)
+        }
+
+        async fn write_if(
+            &self,
+            current: &Report,
             to: ReportStatus,
-        ) -> Result<Option<Report>, StoreError> {
+            _event: &OutboxEvent,
+            _key: Option<&Idempotency>,
+        ) -> Result<WriteIf, StoreError> {
+            let expected = current.report_status;
             self.writes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut r = self.report.lock().unwrap();
@@ -336,18 +443,29 @@ mod tests {
                 r.report_status = other;
             }
             if r.report_status != expected {
-                return Ok(None);
+                return Ok(WriteIf::Changed);
             }
             r.report_status = to;
-            Ok(Some(r.clone()))
+            Ok(WriteIf::Written(r.clone()))
         }
+    }
+
+    /// An unkeyed `transition_checked`, whose success is always a write.
+    async fn checked(
+        racy: &Racy,
+        user: UserId,
+        report: ReportId,
+        to: ReportStatus,
+    ) -> Result<Written, TransitionError> {
+        let outcome = transition_checked(racy, user, report, to, None).await?;
+        Ok(outcome.written().expect("no key, so written"))
     }
 
     #[tokio::test]
     async fn lost_race_answers_invalid_with_new_status() {
         let racy = Racy::new(ReportStatus::Pending, &[ReportStatus::Queued]);
         let r = sample();
-        let got = transition_checked(&racy, r.user_id, r.report_id, ReportStatus::Queued).await;
+        let got = checked(&racy, r.user_id, r.report_id, ReportStatus::Queued).await;
         assert_eq!(got, Err(TransitionError::invalid(ReportStatus::Queued)));
         assert_eq!(racy.writes.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
@@ -358,7 +476,7 @@ mod tests {
         // pending -> pending is invalid, so the answer is Invalid without a second write.
         let racy = Racy::new(ReportStatus::Canceled, &[ReportStatus::Pending]);
         let r = sample();
-        let got = transition_checked(&racy, r.user_id, r.report_id, ReportStatus::Pending).await;
+        let got = checked(&racy, r.user_id, r.report_id, ReportStatus::Pending).await;
         assert_eq!(got, Err(TransitionError::invalid(ReportStatus::Pending)));
         assert_eq!(racy.writes.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
@@ -369,8 +487,16 @@ mod tests {
         // is valid too, so the second attempt goes through.
         let racy = Racy::new(ReportStatus::Pending, &[ReportStatus::Queued]);
         let r = sample();
-        let got = transition_checked(&racy, r.user_id, r.report_id, ReportStatus::Canceled).await;
-        assert_eq!(got.map(|r| r.report_status), Ok(ReportStatus::Canceled));
+        let got = checked(&racy, r.user_id, r.report_id, ReportStatus::Canceled).await;
+        let got = got.unwrap();
+        assert_eq!(got.report.report_status, ReportStatus::Canceled);
+        assert_eq!(
+            got.event,
+            OutboxEvent {
+                data: format!(r#"{{"id":"{}","status":"canceled"}}"#, r.report_id),
+                ..got.event.clone()
+            }
+        );
         assert_eq!(racy.writes.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
@@ -389,7 +515,7 @@ mod tests {
             .collect();
         let racy = Racy::new(ReportStatus::Pending, &flips);
         let r = sample();
-        let got = transition_checked(&racy, r.user_id, r.report_id, ReportStatus::Canceled).await;
+        let got = checked(&racy, r.user_id, r.report_id, ReportStatus::Canceled).await;
         assert!(
             matches!(got, Err(TransitionError::Invalid { .. })),
             "{got:?}"
@@ -404,11 +530,9 @@ mod tests {
     async fn missing_or_foreign_is_not_found() {
         let racy = Racy::new(ReportStatus::Pending, &[]);
         let r = sample();
-        let got =
-            transition_checked(&racy, UserId::new_v4(), r.report_id, ReportStatus::Queued).await;
+        let got = checked(&racy, UserId::new_v4(), r.report_id, ReportStatus::Queued).await;
         assert_eq!(got, Err(TransitionError::NotFound));
-        let got =
-            transition_checked(&racy, r.user_id, ReportId::new_v4(), ReportStatus::Queued).await;
+        let got = checked(&racy, r.user_id, ReportId::new_v4(), ReportStatus::Queued).await;
         assert_eq!(got, Err(TransitionError::NotFound));
         assert_eq!(racy.writes.load(std::sync::atomic::Ordering::SeqCst), 0);
     }

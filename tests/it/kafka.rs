@@ -3,10 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::support::{Sse, TestServer, stalled_client};
 use crate::tansu::{Broker, RawProducer, unused_port};
 
-const READY_WAIT: Duration = Duration::from_secs(30);
+const READY_WAIT: Duration = Duration::from_secs(60);
 
 async fn kafka_server(broker: &str) -> TestServer {
     let broker = broker.to_owned();
@@ -392,4 +394,305 @@ async fn a_stalled_v3_client_never_blocks_the_kafka_poll_loop() {
         .wait_metric(r#"sse_connections_open{channel="v3"}"#, 1.0)
         .await;
     server.stop().await;
+}
+
+/// Polls `url` (`/readyz` of a child process) until kafka is usable.
+async fn wait_child_kafka(url: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(response) = crate::support::client().get(url).send().await {
+            let (_, body) = crate::support::json_of(response).await;
+            if body["checks"]["kafka"] == "ok" {
+                return;
+            }
+        }
+        assert!(start.elapsed() < READY_WAIT, "kafka never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls a child's `/metrics` until `sample` has `value`.
+async fn wait_child_metric(server: &crate::support::ChildServer, sample: &str, value: f64) {
+    let start = Instant::now();
+    loop {
+        let text = crate::support::metrics_at(server.addr).await;
+        if crate::support::metric_in(&text, sample) == Some(value) {
+            return;
+        }
+        assert!(
+            start.elapsed() < READY_WAIT,
+            "{sample} never became {value}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A server process with `args` (which name the broker), once its Kafka bus is ready.
+async fn child_on_kafka(args: &[&str]) -> crate::support::ChildServer {
+    let server = crate::support::ChildServer::start(args).await;
+    wait_child_kafka(&server.url("/readyz")).await;
+    server
+}
+
+/// Creates a report of `user` through `base` (asserting 201); its id.
+async fn create_report(base: &str, user: &str) -> String {
+    let response = crate::support::client()
+        .post(format!("{base}/v4/new/report?user_id={user}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, report) = crate::support::json_of(response).await;
+    assert_eq!(status, 201, "{report}");
+    report["reportId"].as_str().unwrap().to_owned()
+}
+
+async fn put_status(base: &str, user: &str, report: &str, status: &str) -> u16 {
+    crate::support::client()
+        .put(format!("{base}/v4/report?user_id={user}"))
+        .json(&serde_json::json!({ "id": report, "status": status }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The (event, status, id) of a `report_status_update`.
+fn status_update(event: &eventsource_stream::Event) -> (String, String, String) {
+    let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+    (
+        event.event.clone(),
+        data["status"].as_str().unwrap_or_default().to_owned(),
+        event.id.clone(),
+    )
+}
+
+/// How long an outbox event may take to arrive once the broker is back: the producer's
+/// reconnect, a failed attempt of up to `--kafka-timeout` and the relay's next pass, on a busy
+/// machine.
+const AFTER_OUTAGE: Duration = Duration::from_secs(20);
+
+/// Issue 11: changes committed while the broker is down reach the tab on the writing instance
+/// at once and the tab on the other instance once the broker is back, each once; a change
+/// whose instance is SIGKILLed before it could relay it is relayed when that instance restarts.
+#[tokio::test]
+async fn report_changes_during_a_kafka_outage_reach_every_tab_once() {
+    let mut broker = Broker::start();
+    let brokers = broker.address();
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = db_dir.path().join("a.sqlite3");
+    let args = [
+        "--kafka-brokers",
+        brokers.as_str(),
+        "--kafka-timeout",
+        "2s",
+        "--database",
+        db.to_str().unwrap(),
+    ];
+    let a = child_on_kafka(&args).await;
+    let a_base = a.url("");
+    let b = kafka_server(&brokers).await;
+    let user = "0d7f6a1e-7c55-4f0e-8a36-5b9c2e4d1a77";
+    let mut tab_a = Sse::open(&a.url(&format!("/v4/sse?user_id={user}")), None).await;
+    let mut tab_b = Sse::open(&b.url(&format!("/v4/sse?user_id={user}")), None).await;
+
+    let report_id = create_report(&a_base, user).await;
+    let created_a = tab_a.next().await;
+    let created_b = tab_b.next().await;
+    assert_eq!(created_a.event, "report_created");
+    assert_eq!(created_a.id, created_b.id, "one id on every instance");
+    assert!(
+        uuid::Uuid::parse_str(&created_a.id).is_ok(),
+        "{}",
+        created_a.id
+    );
+
+    // Outage 1: the writing instance's tab gets the change at once, the other one later.
+    broker.kill();
+    wait_kafka(&b, false).await;
+    let t = Instant::now();
+    assert_eq!(put_status(&a_base, user, &report_id, "queued").await, 200);
+    let queued_a = status_update(&tab_a.next().await);
+    assert_eq!(queued_a.1, "queued");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    wait_child_metric(&a, "sse_outbox_events", 1.0).await;
+    tab_b.expect_silence(Duration::from_millis(500)).await;
+    broker.restart();
+    wait_kafka(&b, true).await;
+    // A's producer reconnects (capped backoff), its relay's next pass sends the event.
+    assert_eq!(
+        status_update(&tab_b.next_within(AFTER_OUTAGE).await),
+        queued_a
+    );
+    wait_child_metric(&a, "sse_outbox_events", 0.0).await;
+    // The event coming back from the broker is not shown twice on A.
+    tab_a.expect_silence(Duration::from_secs(1)).await;
+
+    // Outage 2, and A dies before it could relay its change.
+    broker.kill();
+    wait_kafka(&b, false).await;
+    assert_eq!(
+        put_status(&a_base, user, &report_id, "processing").await,
+        200
+    );
+    let processing_a = status_update(&tab_a.next().await);
+    assert_eq!(processing_a.1, "processing");
+    a.signal("KILL");
+    drop(a);
+    broker.restart();
+    wait_kafka(&b, true).await;
+    tab_b.expect_silence(Duration::from_millis(500)).await;
+    let a = crate::support::ChildServer::start(&args).await;
+    assert_eq!(
+        status_update(&tab_b.next_within(AFTER_OUTAGE).await),
+        processing_a
+    );
+    wait_child_metric(&a, "sse_outbox_events", 0.0).await;
+    // Exactly the committed changes, none twice.
+    tab_b.expect_silence(Duration::from_secs(1)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// POSTs a v3 message with `Idempotency-Key: key` to `server`; (status, JSON body).
+async fn keyed_message(server: &TestServer, user: &str, key: &str, body: &str) -> (u16, Value) {
+    let url = server.url(&format!("/v3/message?username={user}"));
+    crate::support::post_keyed(&url, key, body).await
+}
+
+/// Issue 11: with Kafka a message key holds across instances: a retry sent to the other
+/// instance is answered with the first id and not delivered again; two records with the same
+/// key header (as two instances' producers may write) are delivered once, everywhere.
+#[tokio::test]
+async fn a_message_key_holds_across_instances() {
+    let broker = Broker::start();
+    let a = kafka_server(&broker.address()).await;
+    let b = kafka_server(&broker.address()).await;
+    let mut tab_a = Sse::open(&a.url("/v3/sse?username=kim"), None).await;
+    let mut tab_b = Sse::open(&b.url("/v3/sse?username=kim"), None).await;
+    let (status, first) = keyed_message(&a, "kim", "k-1", "once").await;
+    assert_eq!(
+        (status, first["accepted"].as_bool()),
+        (202, Some(true)),
+        "{first}"
+    );
+    for tab in [&mut tab_a, &mut tab_b] {
+        let event = tab.next().await;
+        assert_eq!(
+            (event.data.as_str(), event.id.as_str()),
+            ("once", first["id"].as_str().unwrap())
+        );
+    }
+    assert_eq!(
+        keyed_message(&b, "kim", "k-1", "once").await,
+        (202, first.clone())
+    );
+    assert_eq!(
+        keyed_message(&a, "kim", "k-1", "once").await,
+        (202, first.clone())
+    );
+    let (status, body) = keyed_message(&b, "kim", "k-1", "another").await;
+    assert_eq!(status, 422, "{body}");
+
+    // The same key in two records: the first is delivered, the second is not.
+    let producer = RawProducer::new(&broker.address());
+    let headers: &[(&str, &[u8])] = &[("idempotency-key", b"k-2")];
+    let (partition, offset) = producer
+        .send_with_headers("v3_messages", Some("kim"), Some(b"kim:twice"), headers)
+        .await;
+    producer
+        .send_with_headers("v3_messages", Some("kim"), Some(b"kim:twice"), headers)
+        .await;
+    producer
+        .send("v3_messages", Some("kim"), Some(b"kim:after"), None)
+        .await;
+    let expected = format!("{partition}-{offset}");
+    for tab in [&mut tab_a, &mut tab_b] {
+        let event = tab.next().await;
+        assert_eq!(
+            (event.data.as_str(), event.id.as_str()),
+            ("twice", expected.as_str())
+        );
+        assert_eq!(tab.next().await.data, "after");
+    }
+    // A request with that key is answered as the record's own: nothing published.
+    let (status, body) = keyed_message(&a, "kim", "k-2", "twice").await;
+    assert_eq!(
+        (status, body["id"].as_str()),
+        (202, Some(expected.as_str()))
+    );
+    for tab in [&mut tab_a, &mut tab_b] {
+        tab.expect_silence(Duration::from_millis(500)).await;
+    }
+    assert_eq!(a.metric("sse_message_repeats_dropped_total").await, 1.0);
+    assert_eq!(b.metric("sse_message_repeats_dropped_total").await, 1.0);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Issue 11: on SIGTERM a write still waiting for the store finishes, its answer is sent and
+/// its event reaches the other instance's tab before the process exits; nothing is left in
+/// the outbox for the next start.
+#[tokio::test]
+async fn shutdown_finishes_the_writes_in_flight_and_relays_their_events() {
+    let broker = Broker::start();
+    let brokers = broker.address();
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = db_dir.path().join("a.sqlite3");
+    let args = [
+        "--kafka-brokers",
+        brokers.as_str(),
+        "--kafka-timeout",
+        "2s",
+        "--store-timeout",
+        "4s",
+        "--shutdown-timeout",
+        "3s",
+        "--database",
+        db.to_str().unwrap(),
+    ];
+    let a = child_on_kafka(&args).await;
+    let a_base = a.url("");
+    let b = kafka_server(&brokers).await;
+    let user = "5c0a9e4b-3f1d-4a2e-9b8c-7d6e5f4a3b21";
+    let mut tab_b = Sse::open(&b.url(&format!("/v4/sse?user_id={user}")), None).await;
+    let report_id = create_report(&a_base, user).await;
+    assert_eq!(tab_b.next().await.event, "report_created");
+
+    // The change waits for another process's lock on the database while A is told to stop.
+    let locker = crate::store_faults::Locker::lock(&db).await;
+    let put = {
+        let (base, id) = (a_base.clone(), report_id.clone());
+        tokio::spawn(async move { put_status(&base, user, &id, "queued").await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    locker.release().await;
+    assert_eq!(put.await.unwrap(), 200, "the write in flight finished");
+    let (event, status, _) = status_update(&tab_b.next().await);
+    assert_eq!(
+        (event.as_str(), status.as_str()),
+        ("report_status_update", "queued")
+    );
+    let mut a = a;
+    let exit = tokio::time::timeout(Duration::from_secs(15), a.child.wait())
+        .await
+        .expect("A did not exit after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+
+    // Restarted on the same database: the change is there and nothing is relayed again.
+    let a = crate::support::ChildServer::start(&args).await;
+    let response = crate::support::client()
+        .get(a.url(&format!("/v4/report/{report_id}?user_id={user}")))
+        .send()
+        .await
+        .unwrap();
+    let (_, now) = crate::support::json_of(response).await;
+    assert_eq!(now["reportStatus"], "queued");
+    wait_child_metric(&a, "sse_outbox_events", 0.0).await;
+    tab_b.expect_silence(Duration::from_secs(2)).await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::support::{Sse, TestServer, client};
 
 #[tokio::test]
@@ -147,5 +149,67 @@ async fn no_registration_leaks_after_1000_connect_disconnect_cycles() {
         .await;
     assert_eq!(body["delivered"], 1);
     assert_eq!(s.next().await.data, "still here");
+    server.stop().await;
+}
+
+/// POSTs `body` to `path` with `Idempotency-Key: key`; (status, JSON body).
+async fn keyed_post(server: &TestServer, path: &str, key: &str, body: &str) -> (u16, Value) {
+    crate::support::post_keyed(&server.url(path), key, body).await
+}
+
+/// Issue 11: a retried message (same `Idempotency-Key`) is delivered once and answered with
+/// the first answer's id; the key with another message is a 422; 20 identical POSTs at once
+/// deliver once; a key is the recipient's, and another channel's message is another request.
+#[tokio::test]
+async fn a_retried_message_is_delivered_once_with_the_first_id() {
+    let server = TestServer::start().await;
+    let mut tab = Sse::open(&server.url("/v2/sse?username=alice"), None).await;
+    let path = "/v2/message?username=alice";
+    let (status, first) = keyed_post(&server, path, "m-1", "hello").await;
+    assert_eq!((status, first["delivered"].as_u64()), (200, Some(1)));
+    let event = tab.next().await;
+    assert_eq!(
+        (event.data.as_str(), event.id.as_str()),
+        ("hello", first["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        keyed_post(&server, path, "\"m-1\"", "hello").await,
+        (200, first.clone())
+    );
+    let (status, body) = keyed_post(&server, path, "m-1", "something else").await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = keyed_post(
+        &server,
+        "/v2/message?username=alice&event=x",
+        "m-1",
+        "hello",
+    )
+    .await;
+    assert_eq!(status, 422, "another event type: {body}");
+    let (status, body) = keyed_post(&server, "/v3/message?username=alice", "m-1", "hello").await;
+    assert_eq!(status, 422, "another channel: {body}");
+    let (status, body) = keyed_post(&server, path, "\"open", "hello").await;
+    assert_eq!(status, 400, "{body}");
+    tab.expect_silence(Duration::from_millis(300)).await;
+
+    let answers =
+        futures::future::join_all((0..20).map(|_| keyed_post(&server, path, "m-2", "once"))).await;
+    let ok: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert!(!ok.is_empty(), "{answers:?}");
+    assert!(ok.iter().all(|b| *b == ok[0]), "{answers:?}");
+    assert!(
+        answers.iter().all(|(s, _)| *s == 200 || *s == 409),
+        "{answers:?}"
+    );
+    assert_eq!(tab.next().await.data, "once");
+    tab.expect_silence(Duration::from_millis(300)).await;
+
+    // Bob's m-1 is his own.
+    let (status, body) = keyed_post(&server, "/v2/message?username=bob", "m-1", "hi bob").await;
+    assert_eq!((status, body["delivered"].as_u64()), (200, Some(0)));
     server.stop().await;
 }

@@ -109,6 +109,39 @@ async fn update_report_status_script_exit_codes() {
         .await;
     assert_eq!(now["reportStatus"], "processing", "nothing else changed it");
 
+    // Issue 11: the script sends an Idempotency-Key; with SSE_IDEMPOTENCY_KEY a second run
+    // is a replay (200, the first answer, nothing changed) instead of a 409.
+    let fresh = create(&server, &user).await;
+    let fresh_id = fresh["reportId"].as_str().expect("reportId").to_owned();
+    let keyed = |status: &'static str, key: &'static str| {
+        let base = base.clone();
+        let (user, id) = (user.clone(), fresh_id.clone());
+        async move {
+            let (code, out, _, _) = run(Command::new(repo_file("update_report_status.sh"))
+                .args([user.as_str(), id.as_str(), status])
+                .env("SSE_BASE_URL", &base)
+                .env("SSE_IDEMPOTENCY_KEY", key))
+            .await;
+            (code, out)
+        }
+    };
+    let (code, first) = keyed("queued", "script-key-1").await;
+    assert_eq!(code, 0, "{first:?}");
+    let (code, again) = keyed("queued", "script-key-1").await;
+    assert_eq!((code, again.as_str()), (0, first.as_str()));
+    let (code, out) = keyed("canceled", "script-key-1").await;
+    assert_eq!(
+        (code, out.trim_end().ends_with("HTTP 422")),
+        (1, true),
+        "{out:?}"
+    );
+    let (code, _) = keyed("canceled", "bad key").await;
+    assert_eq!(code, 2);
+    let (_, now) = server
+        .get_json(&format!("/v4/report/{fresh_id}?user_id={user}"))
+        .await;
+    assert_eq!(now["reportStatus"], "queued");
+
     // No server listening: exit 1 with a message.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -13,10 +13,10 @@ use crate::v4::{create, new_user};
 
 /// Another process that holds SQLite's write lock on `path` (`BEGIN IMMEDIATE`) until it is
 /// dropped.
-struct Locker(tokio::process::Child);
+pub(crate) struct Locker(tokio::process::Child);
 
 impl Locker {
-    async fn lock(path: &std::path::Path) -> Locker {
+    pub(crate) async fn lock(path: &std::path::Path) -> Locker {
         let mut child = tokio::process::Command::new("python3")
             .args([
                 "-c",
@@ -43,7 +43,7 @@ impl Locker {
     }
 
     /// Releases the lock (closing its stdin) and waits for the process to end.
-    async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         drop(self.0.stdin.take());
         let status = tokio::time::timeout(WAIT, self.0.wait())
             .await

@@ -186,6 +186,18 @@ pub async fn stalled_client(addr: SocketAddr, path: &str) -> TcpStream {
 }
 
 /// A shared HTTP client without connection reuse surprises.
+/// POSTs `body` to `url` with `Idempotency-Key: key`; (status, JSON body).
+pub async fn post_keyed(url: &str, key: &str, body: &str) -> (u16, serde_json::Value) {
+    let response = client()
+        .post(url)
+        .header("Idempotency-Key", key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    json_of(response).await
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -232,11 +244,16 @@ impl Sse {
 
     /// The next event, failing the test after [`WAIT`].
     pub async fn next(&mut self) -> Event {
-        match tokio::time::timeout(WAIT, self.events.next()).await {
+        self.next_within(WAIT).await
+    }
+
+    /// The next event, waiting up to `wait` (for what depends on a broker reconnecting).
+    pub async fn next_within(&mut self, wait: Duration) -> Event {
+        match tokio::time::timeout(wait, self.events.next()).await {
             Ok(Some(Ok(event))) => event,
             Ok(Some(Err(e))) => panic!("stream error: {e}"),
             Ok(None) => panic!("stream ended"),
-            Err(_) => panic!("no event within {WAIT:?}"),
+            Err(_) => panic!("no event within {wait:?}"),
         }
     }
 
@@ -440,6 +457,16 @@ impl ChildServer {
             addr,
             data_dir,
         }
+    }
+
+    /// Stops the child with SIGTERM (by its PID) and waits for a clean exit.
+    pub async fn stop(mut self) {
+        self.signal("TERM");
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("server did not exit after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "server exited with {status}");
     }
 
     /// Sends `signal` to the child by its PID.

@@ -175,6 +175,18 @@ impl RawProducer {
         payload: Option<&[u8]>,
         event_header: Option<&[u8]>,
     ) -> (i32, i64) {
+        let headers: Vec<(&str, &[u8])> = event_header.map(|v| ("event", v)).into_iter().collect();
+        self.send_with_headers(topic, key, payload, &headers).await
+    }
+
+    /// Produces one record with `headers` and returns its (partition, offset).
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) -> (i32, i64) {
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
         if let Some(key) = key {
             record = record.key(key);
@@ -182,11 +194,15 @@ impl RawProducer {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        if let Some(value) = event_header {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "event",
-                value: Some(value),
-            }));
+        if !headers.is_empty() {
+            let mut owned = OwnedHeaders::new();
+            for (key, value) in headers {
+                owned = owned.insert(Header {
+                    key,
+                    value: Some(*value),
+                });
+            }
+            record = record.headers(owned);
         }
         let delivery = self
             .0

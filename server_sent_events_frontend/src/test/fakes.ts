@@ -91,7 +91,7 @@ type Handler = (method: string, url: URL, body: unknown) => Promise<Response> | 
 /** An in-memory server; `override` lets a test answer one request differently. */
 export class ApiMock {
   reports: Report[] = [];
-  calls: { method: string; path: string; body: unknown }[] = [];
+  calls: { method: string; path: string; body: unknown; key: string | null }[] = [];
   private overrides: Handler[] = [];
   private next = 100;
 
@@ -113,7 +113,8 @@ export class ApiMock {
     const url = new URL(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url, 'http://localhost');
     const method = init?.method ?? 'GET';
     const body: unknown = typeof init?.body === 'string' ? JSON.parse(init.body) : undefined;
-    this.calls.push({ method, path: url.pathname, body });
+    const key = new Headers(init?.headers).get('Idempotency-Key');
+    this.calls.push({ method, path: url.pathname, body, key });
     const override = this.overrides.shift();
     if (override) return override(method, url, body);
     await Promise.resolve();
