@@ -42,6 +42,10 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::reports::idempotency::valid_key;
 
+/// Longest the health probe waits for the broker's metadata: a busy broker that answers in
+/// this time is up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Header with the SSE event type.
 const EVENT_HEADER: &str = "event";
 /// Header with an id chosen before producing (a UUID).
@@ -167,7 +171,7 @@ impl KafkaBus {
             shutdown.clone(),
         ));
         tasks.spawn(probe(
-            consumer,
+            producer.clone(),
             config.topic_v3.clone(),
             shared.clone(),
             shutdown,
@@ -355,19 +359,21 @@ fn assign_at_end(consumer: &StreamConsumer, topics: &[String]) -> Result<usize, 
     Ok(list.count())
 }
 
-/// Checks every second that the broker answers, for `/readyz` and to refuse publishes fast
-/// during an outage.
+/// Checks every second that the broker answers the producer's client, for `/readyz` and to
+/// refuse publishes fast during an outage. (The consumer's client was used before; under load
+/// it kept timing out for tens of seconds after a broker restart while producing worked.)
 async fn probe(
-    consumer: Arc<StreamConsumer>,
+    producer: FutureProducer,
     topic: String,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let c = consumer.clone();
+        let p = producer.clone();
         let t = topic.clone();
         let result = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&t), Duration::from_secs(1))
+            p.client()
+                .fetch_metadata(Some(&t), PROBE_TIMEOUT)
                 .map(|_| ())
                 .map_err(|e| format!("broker unreachable: {e}"))
         })

@@ -450,8 +450,16 @@ impl ChildServer {
         })
         .await
         .expect("server did not start");
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stdout so the child never blocks on a full pipe; with
+        // SSE_TEST_ECHO set, show its log (to debug a failing test).
+        let echo = std::env::var_os("SSE_TEST_ECHO").is_some();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[child {addr}] {line}");
+                }
+            }
+        });
         ChildServer {
             child,
             addr,
