@@ -7,6 +7,7 @@
 #   The request carries an Idempotency-Key (a fresh random one, or $SSE_IDEMPOTENCY_KEY to
 #   repeat an earlier run safely); a lost answer or a 503 is retried with the same key, so
 #   the change is applied at most once.
+#   With access control on (--auth jwt), set SSE_TOKEN to a token of that user (or an admin).
 # Prints the server's answer and the HTTP status. Exit: 0 on 2xx, 1 on an HTTP error
 # (409 invalid transition included) or a connection failure, 2 on bad arguments.
 set -euo pipefail
@@ -68,6 +69,16 @@ else
     key=$(cat /proc/sys/kernel/random/uuid 2>/dev/null || od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 fi
 
+# With access control on (--auth jwt), $SSE_TOKEN is sent as the bearer token (never printed).
+auth_header=()
+if [[ -n "${SSE_TOKEN:-}" ]]; then
+    if [[ "$SSE_TOKEN" =~ [[:space:][:cntrl:]] ]]; then
+        echo "$(basename "$0"): SSE_TOKEN must not contain spaces or control characters" >&2
+        exit 2
+    fi
+    auth_header=(--header "Authorization: Bearer $SSE_TOKEN")
+fi
+
 response_file=$(mktemp)
 trap 'rm -f "$response_file"' EXIT
 
@@ -76,6 +87,7 @@ if ! http_status=$(curl --silent --show-error --max-time 10 \
     --request PUT \
     --header 'Content-Type: application/json' \
     --header "Idempotency-Key: $key" \
+    "${auth_header[@]}" \
     --data-binary "$body" \
     --output "$response_file" \
     --write-out '%{http_code}' \

@@ -30,6 +30,37 @@ pub enum Command {
     /// Create the DynamoDB table and its `UserIdIndex` index if they do not exist (idempotent),
     /// at `--dynamodb-endpoint` or with the normal AWS configuration, then exit.
     InitDynamodb,
+    /// Print a token signed with `--jwt-secret` (HS256), for development; refuses without a
+    /// secret.
+    Token {
+        /// The identity (`sub`): a username for /v2 and /v3, a user UUID for /v4.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes: `publish`, `admin`.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Lifetime of the token.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+/// A secret from the command line or the environment; never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 /// Where reports are stored.
@@ -219,6 +250,36 @@ pub struct Config {
     #[arg(long, global = true, env = "SSE_LOG", default_value = "info")]
     pub log: String,
 
+    /// Access control: `none` (everything open; loopback only) or `jwt` (JSON Web Tokens).
+    #[arg(long, env = "SSE_AUTH", value_enum, default_value_t = crate::auth::Mode::None)]
+    pub auth: crate::auth::Mode,
+
+    /// HS256 secret of the tokens (at least 32 bytes); no default.
+    #[arg(long, global = true, env = "SSE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM file of the public key of the tokens: RSA (RS256), EC P-256 (ES256) or Ed25519
+    /// (EdDSA); the key's type fixes the algorithm.
+    #[arg(long, env = "SSE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` of the tokens (a token without it is refused).
+    #[arg(long, env = "SSE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of the tokens (a token without it is refused).
+    #[arg(long, env = "SSE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock leeway for `exp` and `nbf`.
+    #[arg(long, env = "SSE_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Key of stream tickets (at least 32 bytes), the same on every instance behind one load
+    /// balancer; unset: a random key of this process (tickets work on the issuing instance).
+    #[arg(long, env = "SSE_TICKET_SECRET", hide_env_values = true)]
+    pub ticket_secret: Option<Secret>,
+
     /// Serve without access control on a non-loopback `--bind` address. Without it the server
     /// refuses to start there: anyone who can reach the port could read and send every user's
     /// messages and reports.
@@ -239,17 +300,42 @@ impl Config {
     /// Refuses a configuration that would expose the open server beyond this machine: a
     /// non-loopback `--bind` without `--insecure-no-auth`. The message names the flags to use.
     pub fn check_exposure(&self) -> Result<(), String> {
-        if self.bind.ip().is_loopback() || self.insecure_no_auth {
+        if self.auth == crate::auth::Mode::Jwt
+            || self.bind.ip().is_loopback()
+            || self.insecure_no_auth
+        {
             return Ok(());
         }
         Err(format!(
             "refusing to serve without access control on {}, which is not a loopback address: \
              anyone who can reach it could read and publish every user's streams and reports. \
-             Bind a loopback address (--bind 127.0.0.1:{}), or accept the risk explicitly with \
+             Turn access control on (--auth jwt with --jwt-secret or --jwt-public-key), bind a \
+             loopback address (--bind 127.0.0.1:{}), or accept the risk explicitly with \
              --insecure-no-auth (SSE_INSECURE_NO_AUTH=true)",
             self.bind,
             self.bind.port()
         ))
+    }
+
+    /// The access control settings, reading `--jwt-public-key`; a clear message when the file
+    /// cannot be read.
+    pub fn auth_config(&self) -> Result<crate::auth::AuthConfig, String> {
+        let public_key_pem = match &self.jwt_public_key {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read --jwt-public-key {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(crate::auth::AuthConfig {
+            mode: self.auth,
+            secret: self.jwt_secret.as_ref().map(|s| s.0.clone()),
+            public_key_pem,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: self.jwt_leeway,
+            ticket_secret: self.ticket_secret.as_ref().map(|s| s.0.clone()),
+        })
     }
 
     /// The stream and publish budgets this configuration asks for, with `--max-connections`

@@ -4,6 +4,7 @@
 //! - [`server`]: builds the state (Hub, Bus, store), runs background tasks, shuts down;
 //! - [`net`]: the transport: accept loop, the lean HTTP/1.1 SSE path, hyper for the rest;
 //! - [`api`]: thin HTTP handlers, one module per route family, one error type, input checks;
+//! - [`auth`]: access control: tokens, tickets, who may do what (imports nothing of ours);
 //! - [`bus`]: how a published message reaches the Hub of every instance (in-process or Kafka);
 //! - [`hub`]: the per-(channel, user) connection registry, its queues and replay histories;
 //! - [`reports`]: the report state machine and its stores (SQLite, DynamoDB);
@@ -14,6 +15,7 @@
 //!   `ReportId`, `EventName`, `EventId`); imports nothing of ours.
 
 pub mod api;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod domain;

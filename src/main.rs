@@ -53,8 +53,30 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
             }
             std::process::ExitCode::SUCCESS
         }
+        Command::Token { sub, scope, ttl } => {
+            let Some(secret) = &config.jwt_secret else {
+                eprintln!(
+                    "server_sent_events token: needs --jwt-secret (SSE_JWT_SECRET) to sign with"
+                );
+                return std::process::ExitCode::from(2);
+            };
+            match server_sent_events::auth::mint(&secret.0, &sub, &scope, ttl) {
+                Ok(token) => {
+                    println!("{token}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("server_sent_events token: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            }
+        }
         Command::Serve => {
-            if let Err(message) = config.check_exposure() {
+            let checked = config.check_exposure().and_then(|()| {
+                let auth = config.auth_config()?;
+                server_sent_events::auth::Auth::new(&auth).map(drop)
+            });
+            if let Err(message) = checked {
                 eprintln!("server_sent_events: {message}");
                 return std::process::ExitCode::from(2);
             }

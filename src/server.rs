@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
+use crate::auth::Auth;
 use crate::bus::kafka::{KafkaBus, KafkaConfig};
 use crate::bus::keys::MessageKeys;
 use crate::bus::relay::Relay;
@@ -65,6 +66,12 @@ pub async fn run(
         .await
         .map_err(|e| std::io::Error::other(format!("cannot open the report store: {e}")))?;
     tracing::info!(store = store.name(), "report store ready");
+    let auth = config
+        .auth_config()
+        .and_then(|c| Auth::new(&c))
+        .map(Arc::new)
+        .map_err(std::io::Error::other)?;
+    tracing::info!(auth = ?auth.mode(), "access control");
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     let message_keys = MessageKeys::new(
@@ -116,6 +123,7 @@ pub async fn run(
         relay: relay.clone(),
         writes: writes.clone(),
         message_keys,
+        auth,
     };
     background.spawn(hub.clone().run_maintenance(config.keep_alive, stop.clone()));
     background.spawn(relay.clone().run(stop.clone()));

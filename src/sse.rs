@@ -38,6 +38,17 @@ pub fn encode_event(id: Option<&EventId>, event: Option<&EventName>, data: &str)
     buf.freeze()
 }
 
+/// Event type of the last frame of a stream whose token expired.
+pub const AUTH_EXPIRED_EVENT: &str = "auth_expired";
+
+/// The frame that ends a stream whose authorisation ended: `event: auth_expired` with
+/// `{"reason":"token expired"}` (no id: the client resumes from its last real event).
+pub fn auth_expired_frame() -> Bytes {
+    Bytes::from(format!(
+        "event: {AUTH_EXPIRED_EVENT}\ndata: {{\"reason\":\"token expired\"}}\n\n"
+    ))
+}
+
 /// The first bytes of every stream: a `retry:` hint and a comment, so proxies and clients see
 /// the stream is open before the first event.
 pub fn preamble(retry_ms: u64) -> Bytes {

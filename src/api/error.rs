@@ -23,6 +23,17 @@ pub enum AppError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// No credentials (`invalid_token: false`) or bad ones (401, RFC 6750).
+    #[error("{message}")]
+    Unauthorized {
+        /// What is wrong, without token text or key material.
+        message: String,
+        /// Whether a token (or ticket) was sent and refused.
+        invalid_token: bool,
+    },
+    /// Valid credentials that do not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// No such route or resource (404).
     #[error("{0}")]
     NotFound(String),
@@ -61,6 +72,8 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -79,6 +92,10 @@ impl IntoResponse for AppError {
         let status = self.status();
         let body = match self {
             AppError::Refused(refusal) => return refused(status, &refusal),
+            AppError::Unauthorized {
+                message,
+                invalid_token,
+            } => return unauthorized(&message, invalid_token),
             AppError::Internal(message) => {
                 tracing::error!(%message, "internal error");
                 json!({ "error": "internal server error" })
@@ -96,6 +113,45 @@ impl IntoResponse for AppError {
         };
         (status, Json(body)).into_response()
     }
+}
+
+impl From<crate::auth::AuthError> for AppError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Missing(message) => AppError::Unauthorized {
+                message,
+                invalid_token: false,
+            },
+            AuthError::Invalid(message) => AppError::Unauthorized {
+                message,
+                invalid_token: true,
+            },
+            AuthError::Forbidden(message) => AppError::Forbidden(message),
+        }
+    }
+}
+
+/// 401 with `WWW-Authenticate: Bearer` (RFC 6750), with `error="invalid_token"` and a
+/// description when a token was sent, and `{"error": message}`.
+fn unauthorized(message: &str, invalid_token: bool) -> Response {
+    let challenge = if invalid_token {
+        let description: String = message
+            .chars()
+            .filter(|c| *c != '"' && *c != '\\' && (' '..='~').contains(c))
+            .collect();
+        format!(r#"Bearer error="invalid_token", error_description="{description}""#)
+    } else {
+        "Bearer".to_owned()
+    };
+    let mut response =
+        (StatusCode::UNAUTHORIZED, Json(json!({ "error": message }))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 /// A refusal: the status, `Retry-After`, `Connection: close` (a refused client should not keep

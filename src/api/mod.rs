@@ -1,5 +1,6 @@
 //! HTTP routes: one module per API version, each with `router()`, nested at the root.
 
+pub mod auth;
 pub mod error;
 pub mod input;
 pub mod ops;
@@ -22,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
+use crate::auth::Auth;
 use crate::bus::Bus;
 use crate::bus::keys::MessageKeys;
 use crate::bus::relay::Relay;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub writes: TaskTracker,
     /// Recent `Idempotency-Key`s of `/v2` and `/v3` messages.
     pub message_keys: Arc<MessageKeys>,
+    /// Access control.
+    pub auth: Arc<Auth>,
 }
 
 impl AppState {
@@ -121,6 +125,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/v2", push::router(Channel::V2))
         .nest("/v3", push::router(Channel::V3))
         .nest("/v4", v4::router())
+        .nest("/auth", auth::router())
         .merge(ops::router());
     // The dashboard, when built: its files at `/`; anything else stays a JSON 404.
     let static_dir = &state.config.static_dir;
@@ -135,6 +140,10 @@ pub fn app(state: AppState) -> Router {
     };
     router
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::host_guard,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_rejections,
@@ -172,6 +181,7 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_methods([Method::GET, Method::POST, Method::PUT])
         .allow_headers([
             header::CONTENT_TYPE,
+            header::AUTHORIZATION,
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("idempotency-key"),
         ])

@@ -11,6 +11,8 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::Caller;
+use super::error::AppError;
 use crate::bus::BusHealth;
 
 /// Routes at the root.
@@ -36,7 +38,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let (bus_ok, kafka) = match state.bus.health() {
         BusHealth::Disabled => (true, json!("disabled")),
         BusHealth::Ok => (true, json!("ok")),
-        BusHealth::Down(error) => (false, json!({ "status": "down", "error": error })),
+        BusHealth::Down(error) => (false, down(&state, error)),
     };
     let checks = json!({
         "hub": if shutting_down { "shutting down" } else { "ok" },
@@ -62,13 +64,23 @@ async fn store_check(state: &AppState) -> (bool, Value) {
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no answer within {}", humantime::format_duration(limit)),
     };
-    (
-        false,
-        json!({ "backend": backend, "status": "down", "error": error }),
-    )
+    let mut entry = down(state, error);
+    entry["backend"] = json!(backend);
+    (false, entry)
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// A dependency's `down` entry: with its error text in the open mode; with access control,
+/// only in the log (`/readyz` is open to anyone, and internal errors name hosts and files).
+fn down(state: &AppState, error: String) -> Value {
+    if state.auth.mode() == crate::auth::Mode::None {
+        return json!({ "status": "down", "error": error });
+    }
+    tracing::warn!(%error, "readiness: dependency down");
+    json!({ "status": "down" })
+}
+
+async fn metrics(caller: Caller, State(state): State<AppState>) -> Result<Response, AppError> {
+    caller.admin()?;
     let mut text = state.metrics.render();
     let (conns, topics) = state.hub.registry_size();
     text.push_str(&format!(
@@ -79,5 +91,5 @@ async fn metrics(State(state): State<AppState>) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    response
+    Ok(response)
 }

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::auth::Caller;
 use super::error::{AppError, Result};
 use super::input::{Query, idempotency_key, text_body};
 use super::{AppState, Client, ConnectionKill};
@@ -27,14 +28,14 @@ pub fn router(channel: Channel) -> Router<AppState> {
     let router = Router::new()
         .route(
             "/sse",
-            get(move |state, client, query, headers, kill| {
-                subscribe(state, client, query, headers, kill, channel)
+            get(move |caller, state, client, query, headers, kill| {
+                subscribe(caller, state, client, query, headers, kill, channel)
             }),
         )
         .route(
             "/message",
-            post(move |state, client, query, headers, body| {
-                message(state, client, query, headers, body, channel)
+            post(move |caller, state, client, query, headers, body| {
+                message(caller, state, client, query, headers, body, channel)
             }),
         );
     if channel != Channel::V2 {
@@ -42,8 +43,8 @@ pub fn router(channel: Channel) -> Router<AppState> {
     }
     router.route(
         "/broadcast",
-        post(move |state, client, query, headers, body| {
-            broadcast(state, client, query, headers, body, channel)
+        post(move |caller, state, client, query, headers, body| {
+            broadcast(caller, state, client, query, headers, body, channel)
         }),
     )
 }
@@ -80,6 +81,7 @@ pub fn open_stream(
     user: &str,
     last_event_id: Option<&str>,
     kill: Option<Extension<ConnectionKill>>,
+    expires: Option<std::time::SystemTime>,
 ) -> Result<Response> {
     let permit = state.open_stream(client)?;
     let kill = kill.map(|Extension(k)| k.0);
@@ -88,16 +90,29 @@ pub fn open_stream(
         .subscribe(channel, user, last_event_id, kill)
         .map_err(|full| state.refuse(Refusal::PerUser { limit: full.limit }))?;
     tracing::debug!(channel = channel.as_str(), user, "stream opened");
+    // A stream authorised by a token ends with it: at `expires` it sends `event: auth_expired`
+    // and ends, and the client resumes with a new ticket and `Last-Event-ID`.
+    let expiry = expires.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Box::pin(tokio::time::sleep(left))
+    });
     Ok(event_stream_response(Body::new(Permitted {
         subscription,
         _permit: permit,
+        expiry,
+        expired: false,
     })))
 }
 
-/// A stream's body together with its place in the limits, given back when the body is dropped.
+/// A stream's body together with its place in the limits, given back when the body is
+/// dropped, and the end of its authorisation, if it has one.
 struct Permitted {
     subscription: Subscription,
     _permit: StreamPermit,
+    expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    expired: bool,
 }
 
 impl http_body::Body for Permitted {
@@ -108,11 +123,22 @@ impl http_body::Body for Permitted {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        if self.expired {
+            return Poll::Ready(None);
+        }
+        if let Some(expiry) = &mut self.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            self.expired = true;
+            let frame = crate::sse::auth_expired_frame();
+            return Poll::Ready(Some(Ok(http_body::Frame::data(frame))));
+        }
         std::pin::Pin::new(&mut self.subscription).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.subscription.is_end_stream()
+        self.expired || self.subscription.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -121,6 +147,7 @@ impl http_body::Body for Permitted {
 }
 
 async fn subscribe(
+    caller: Caller,
     State(state): State<AppState>,
     client: Client,
     query: Query,
@@ -129,8 +156,10 @@ async fn subscribe(
     channel: Channel,
 ) -> Result<Response> {
     let user = query.username()?;
+    caller.act_as(user.as_str())?;
     let last = last_event_id(&headers, &query)?;
-    open_stream(&state, &client, channel, user.as_str(), last, kill)
+    let expires = caller.0.expires;
+    open_stream(&state, &client, channel, user.as_str(), last, kill, expires)
 }
 
 fn event_name(query: &Query) -> Result<Option<EventName>> {
@@ -141,6 +170,7 @@ fn event_name(query: &Query) -> Result<Option<EventName>> {
 }
 
 async fn message(
+    caller: Caller,
     State(state): State<AppState>,
     client: Client,
     query: Query,
@@ -148,6 +178,7 @@ async fn message(
     body: Body,
     channel: Channel,
 ) -> Result<Response> {
+    caller.publish()?;
     let user = query.username()?;
     let event = event_name(&query)?;
     let key = idempotency_key(&headers)?;
@@ -230,6 +261,7 @@ fn respond(answer: Answer) -> Response {
 }
 
 async fn broadcast(
+    caller: Caller,
     State(state): State<AppState>,
     client: Client,
     query: Query,
@@ -237,6 +269,7 @@ async fn broadcast(
     body: Body,
     channel: Channel,
 ) -> Result<Response> {
+    caller.publish()?;
     let event = event_name(&query)?;
     state.spend_publish(&client)?;
     let text = text_body(&headers, body, state.config.max_body_bytes).await?;

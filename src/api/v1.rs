@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use tokio::time::{Instant, sleep_until};
 
+use super::auth::Caller;
 use super::error::Result;
 use super::input::Query;
 use super::push::event_stream_response;
@@ -44,11 +45,13 @@ struct Timers {
 }
 
 async fn stream_hi(
+    caller: Caller,
     State(state): State<AppState>,
     client: Client,
     query: Query,
 ) -> Result<Response> {
     let user = query.username()?;
+    caller.act_as(user.as_str())?;
     let permit = state.open_stream(&client)?;
     tracing::info!(user = user.as_str(), "v1 stream opened");
     let (interval, keep_alive) = (state.config.v1_interval, state.config.v1_keep_alive);

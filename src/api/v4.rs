@@ -33,6 +33,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::auth::Caller;
 use super::error::{AppError, Result};
 use super::input::{Query, idempotency_key, text_body};
 use super::push::{last_event_id, open_stream};
@@ -63,25 +64,31 @@ fn user_id(query: &Query) -> Result<UserId> {
 }
 
 async fn subscribe(
+    caller: Caller,
     State(state): State<AppState>,
     client: Client,
     query: Query,
     headers: HeaderMap,
     kill: Option<Extension<ConnectionKill>>,
 ) -> Result<Response> {
-    let user = user_id(&query)?.to_string();
+    let user = user_id(&query)?;
+    caller.act_as_user(user)?;
     let last = last_event_id(&headers, &query)?;
-    open_stream(&state, &client, Channel::V4, &user, last, kill)
+    let user = user.to_string();
+    let expires = caller.0.expires;
+    open_stream(&state, &client, Channel::V4, &user, last, kill, expires)
 }
 
 /// Creating and changing reports count as publishes (`--publish-rate`): each sends an event.
 async fn create(
+    caller: Caller,
     State(state): State<AppState>,
     client: Client,
     query: Query,
     headers: HeaderMap,
 ) -> Result<Response> {
     let user = user_id(&query)?;
+    caller.act_as_user(user)?;
     let key = keyed(&headers, || "POST /v4/new/report".to_owned())?;
     state.spend_publish(&client)?;
     let writes = state.writes.clone();
@@ -124,8 +131,13 @@ async fn answer(state: &AppState, outcome: Outcome, done: StatusCode) -> Result<
     }
 }
 
-async fn list(State(state): State<AppState>, query: Query) -> Result<Json<Vec<Report>>> {
+async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    query: Query,
+) -> Result<Json<Vec<Report>>> {
     let user = user_id(&query)?;
+    caller.act_as_user(user)?;
     let reports = bounded(&state, state.store.list(user))
         .await?
         .map_err(store_error)?;
@@ -133,11 +145,13 @@ async fn list(State(state): State<AppState>, query: Query) -> Result<Json<Vec<Re
 }
 
 async fn get_one(
+    caller: Caller,
     State(state): State<AppState>,
     query: Query,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Json<Report>> {
     let user = user_id(&query)?;
+    caller.act_as_user(user)?;
     let Path(raw) = path.map_err(|e| AppError::BadRequest(e.body_text()))?;
     // A path that is not a UUID names no report at all.
     let report: ReportId = raw
@@ -158,6 +172,7 @@ struct StatusChange {
 }
 
 async fn update(
+    caller: Caller,
     State(state): State<AppState>,
     client: Client,
     query: Query,
@@ -165,6 +180,7 @@ async fn update(
     body: Body,
 ) -> Result<Response> {
     let user = user_id(&query)?;
+    caller.act_as_user(user)?;
     state.spend_publish(&client)?;
     let (report, to) = status_change(&headers, body, state.config.max_body_bytes).await?;
     let key = keyed(&headers, || format!("PUT /v4/report {report} {to}"))?;

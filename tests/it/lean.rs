@@ -127,7 +127,7 @@ async fn lean_errors_are_the_routers_and_the_connection_stays_open() {
     let before = rejected_400(&server).await;
     let mut stream = raw(
         server.addr,
-        b"GET /v2/sse?username=a:b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v2/sse?username=a:b HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .await;
     let reply = read_until(&mut stream, "}").await;
@@ -146,13 +146,13 @@ async fn lean_errors_are_the_routers_and_the_connection_stays_open() {
     assert_eq!(after, before + 1.0);
     // Keep-alive: the next request on the same connection is served (lean again).
     stream
-        .write_all(b"GET /v4/sse?user_id=nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /v4/sse?user_id=nope HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let reply = read_until(&mut stream, "UUID\"}").await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     stream
-        .write_all(b"GET /v2/sse?username=ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /v2/sse?username=ok HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let reply = read_until(&mut stream, ": connected").await;
@@ -166,7 +166,7 @@ async fn requests_the_lean_path_does_not_take_are_served_by_hyper() {
     // Pipelined: both answered, in order.
     let mut s = raw(
         server.addr,
-        b"GET /v2/sse?username= HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v2/sse?username= HTTP/1.1\r\nHost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .await;
     let reply = read_until(&mut s, "\"ok\"").await;
@@ -177,7 +177,9 @@ async fn requests_the_lean_path_does_not_take_are_served_by_hyper() {
     // A head split over two writes.
     let mut s = raw(server.addr, b"GET /v2/sse?username=split HT").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    s.write_all(b"TP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"TP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
     let reply = read_until(&mut s, ": connected").await;
     assert!(reply.contains("transfer-encoding: chunked"), "{reply}");
 
@@ -253,7 +255,7 @@ async fn a_stream_client_blasting_bytes_is_disconnected_and_others_stay_fast() {
     let mut other = Sse::open(&server.url("/v2/sse?username=calm"), None).await;
     let mut blaster = raw(
         server.addr,
-        b"GET /v2/sse?username=blast HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v2/sse?username=blast HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .await;
     let head = read_until(&mut blaster, ": connected").await;

@@ -260,9 +260,11 @@ async fn connections_beyond_the_file_limit_get_503_at_accept() {
     let mut refused = 0;
     for i in 0..200 {
         let mut s = TcpStream::connect(server.addr).await.unwrap();
-        s.write_all(format!("GET /v2/sse?username=f{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET /v2/sse?username=f{i} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut head = [0u8; 12];
         tokio::time::timeout(WAIT, s.read_exact(&mut head))
             .await
@@ -343,7 +345,7 @@ async fn an_early_413_reaches_a_client_that_keeps_sending() {
         socket
             .write_all(
                 format!(
-                    "POST /v2/message?username=big HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {size}\r\n\r\n"
+                    "POST /v2/message?username=big HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: {size}\r\n\r\n"
                 )
                 .as_bytes(),
             )

@@ -5,6 +5,7 @@ mod moto;
 mod support;
 mod tansu;
 
+mod auth;
 mod input;
 mod kafka;
 mod lean;

@@ -105,7 +105,8 @@ async fn a_large_broadcast_to_thousands_stays_in_budget_and_lets_others_through(
             for i in 0..150 {
                 let user = format!("u{worker}-{i}");
                 let mut stream = TcpStream::connect(addr).await.unwrap();
-                let head = format!("GET /v2/sse?username={user} HTTP/1.1\r\nHost: x\r\n\r\n");
+                let head =
+                    format!("GET /v2/sse?username={user} HTTP/1.1\r\nHost: localhost\r\n\r\n");
                 stream.write_all(head.as_bytes()).await.unwrap();
                 let mut buf = [0u8; 512];
                 let n = stream.read(&mut buf).await.unwrap();

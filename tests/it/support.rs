@@ -179,7 +179,7 @@ pub async fn stalled_client(addr: SocketAddr, path: &str) -> TcpStream {
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket.connect(addr).await.unwrap();
     stalled
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .unwrap();
     stalled
@@ -224,9 +224,17 @@ pub struct Sse {
 impl Sse {
     /// Opens `url` (with an optional `Last-Event-ID`) and checks it is an event stream.
     pub async fn open(url: &str, last_event_id: Option<&str>) -> Sse {
+        match last_event_id {
+            Some(id) => Self::open_with(url, &[("Last-Event-ID", id)]).await,
+            None => Self::open_with(url, &[]).await,
+        }
+    }
+
+    /// Opens `url` with extra request `headers` and checks it is an event stream.
+    pub async fn open_with(url: &str, headers: &[(&str, &str)]) -> Sse {
         let mut request = client().get(url);
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200, "{url}");
