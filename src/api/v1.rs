@@ -40,6 +40,9 @@ impl Drop for OpenGuard {
 struct Timers {
     next_hi: Instant,
     next_keep_alive: Instant,
+    /// When the caller's token expires (the stream then ends with `auth_expired`).
+    expires: Option<Instant>,
+    expired: bool,
     _open: OpenGuard,
     _permit: StreamPermit,
 }
@@ -57,9 +60,16 @@ async fn stream_hi(
     let (interval, keep_alive) = (state.config.v1_interval, state.config.v1_keep_alive);
     state.metrics.connection_opened(Channel::V1);
     let now = Instant::now();
+    let expires = caller.0.expires.map(|at| {
+        now + at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+    });
     let timers = Timers {
         next_hi: now,
         next_keep_alive: now + keep_alive,
+        expires,
+        expired: false,
         _open: OpenGuard(state.metrics.clone()),
         _permit: permit,
     };
@@ -67,10 +77,18 @@ async fn stream_hi(
     let frames = stream::unfold(timers, move |mut t| {
         let shutdown = shutdown.clone();
         async move {
+            if t.expired {
+                return None;
+            }
             let hi = t.next_hi <= t.next_keep_alive;
             let due = if hi { t.next_hi } else { t.next_keep_alive };
+            let expires = t.expires;
             tokio::select! {
                 _ = shutdown.cancelled() => None,
+                _ = sleep_until(expires.unwrap_or(due)), if expires.is_some_and(|e| e <= due) => {
+                    t.expired = true;
+                    Some((Ok::<_, Infallible>(sse::auth_expired_frame()), t))
+                }
                 _ = sleep_until(due) => {
                     let frame = if hi {
                         t.next_hi += interval;

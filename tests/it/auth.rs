@@ -733,3 +733,15 @@ async fn the_script_sends_its_token() {
     assert!(!out.contains(&alice), "the token is never printed");
     server.stop().await;
 }
+
+/// Issue 9: a `/v1` stream ends with its token too.
+#[tokio::test]
+async fn a_v1_stream_ends_with_its_token() {
+    let server = jwt_server().await;
+    let mut tab = open_with_bearer(&server, "/v1/sse?username=alice", &token("alice", "", 2)).await;
+    assert_eq!(tab.next().await.data, "hi!");
+    let ended = tab.next_within(Duration::from_secs(5)).await;
+    assert_eq!(ended.event, "auth_expired");
+    assert!(tab.ends_within(Duration::from_secs(2)).await);
+    server.stop().await;
+}
