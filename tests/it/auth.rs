@@ -363,6 +363,7 @@ fn key_pair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path::PathBuf) 
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
         ],
+        "ed" => vec!["genpkey", "-algorithm", "ED25519"],
         _ => unreachable!(),
     };
     let ok = std::process::Command::new("openssl")
@@ -386,12 +387,24 @@ fn key_pair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path::PathBuf) 
     (std::fs::read(&private).unwrap(), public)
 }
 
+fn private_key(kind: &str, pem: &[u8]) -> EncodingKey {
+    match kind {
+        "rsa" => EncodingKey::from_rsa_pem(pem).unwrap(),
+        "ec" => EncodingKey::from_ec_pem(pem).unwrap(),
+        _ => EncodingKey::from_ed_pem(pem).unwrap(),
+    }
+}
+
 /// Issue 9: a public key fixes the algorithm: RS256 (or ES256) tokens of that key pass; an
 /// HS256 token "signed" with the public key's text, another key's token and `alg: none` fail.
 #[tokio::test]
 async fn public_keys_fix_the_algorithm() {
     let dir = tempfile::tempdir().unwrap();
-    for (kind, alg) in [("rsa", Algorithm::RS256), ("ec", Algorithm::ES256)] {
+    for (kind, alg) in [
+        ("rsa", Algorithm::RS256),
+        ("ec", Algorithm::ES256),
+        ("ed", Algorithm::EdDSA),
+    ] {
         let (private, public) = key_pair(dir.path(), kind);
         let public_text = std::fs::read(&public).unwrap();
         let server = TestServer::start_with(|c| {
@@ -399,10 +412,7 @@ async fn public_keys_fix_the_algorithm() {
             c.jwt_public_key = Some(public.clone());
         })
         .await;
-        let key = match kind {
-            "rsa" => EncodingKey::from_rsa_pem(&private).unwrap(),
-            _ => EncodingKey::from_ec_pem(&private).unwrap(),
-        };
+        let key = private_key(kind, &private);
         let claims = json!({ "sub": "alice", "exp": now() + 600 });
         let good = sign(alg, &key, claims.clone());
         let path = "/v2/sse?username=alice";
@@ -420,10 +430,7 @@ async fn public_keys_fix_the_algorithm() {
             "{json}"
         );
         let (other, _) = key_pair(dir.path(), kind);
-        let other = match kind {
-            "rsa" => EncodingKey::from_rsa_pem(&other).unwrap(),
-            _ => EncodingKey::from_ec_pem(&other).unwrap(),
-        };
+        let other = private_key(kind, &other);
         let foreign = sign(alg, &other, claims);
         let (status, _, json) = call(&server, Method::GET, path, Some(&foreign), None).await;
         assert_eq!(
@@ -743,5 +750,27 @@ async fn a_v1_stream_ends_with_its_token() {
     let ended = tab.next_within(Duration::from_secs(5)).await;
     assert_eq!(ended.event, "auth_expired");
     assert!(tab.ends_within(Duration::from_secs(2)).await);
+    server.stop().await;
+}
+
+/// Issue 9: a CORS preflight from an allowed origin may send `Authorization` (the dashboard's
+/// dev server); the preflight itself needs no token.
+#[tokio::test]
+async fn cors_preflights_allow_the_authorization_header() {
+    let server = jwt_server().await;
+    let response = server
+        .request(Method::OPTIONS, "/v4/reports")
+        .header("Origin", "http://localhost:5173")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let allowed = response.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
     server.stop().await;
 }
