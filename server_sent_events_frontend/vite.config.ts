@@ -43,6 +43,7 @@ export default defineConfig({
   server: {
     proxy: {
       '/v4': v4Proxy,
+      '/auth': { target: apiTarget, changeOrigin: false },
     },
   },
   build: {

@@ -108,12 +108,13 @@ async function freePort() {
 const servers = new Set(); // every child we started and have not seen exit
 const startedServers = []; // all of them, for log tails on failure
 
-function startServer({ port, dbPath, label }) {
+function startServer({ port, dbPath, label, extraArgs = [], extraEnv = {} }) {
   const logPath = path.join(OUT_DIR, `server-${label}.log`);
   const logFd = fs.openSync(logPath, 'w');
-  const args = ['--bind', `127.0.0.1:${port}`, '--static-dir', DIST_DIR, '--database', dbPath];
+  const args = ['--bind', `127.0.0.1:${port}`, '--static-dir', DIST_DIR, '--database', dbPath, ...extraArgs];
   log(`starting server (${label}): ${SERVER_BIN} ${args.join(' ')}  [log: ${path.relative(process.cwd(), logPath)}]`);
-  const child = spawn(SERVER_BIN, args, { stdio: ['ignore', logFd, logFd], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
+  const env = { ...process.env, ...extraEnv, RUST_LOG: process.env.RUST_LOG || 'info' };
+  const child = spawn(SERVER_BIN, args, { stdio: ['ignore', logFd, logFd], env });
   fs.closeSync(logFd);
   const server = { child, port, label, logPath, exited: null };
   server.exitPromise = new Promise((resolve) => {
@@ -184,12 +185,14 @@ function killAllServers() {
   }
 }
 
-function runUpdateScript(baseUrl, user, reportId, status) {
+function runUpdateScript(baseUrl, user, reportId, status, token = null) {
+  const env = { ...process.env, SSE_BASE_URL: baseUrl };
+  if (token) env.SSE_TOKEN = token;
   return new Promise((resolve, reject) => {
     execFile(
       'bash',
       [UPDATE_SCRIPT, user, reportId, status],
-      { env: { ...process.env, SSE_BASE_URL: baseUrl }, timeout: 15_000 },
+      { env, timeout: 15_000 },
       (err, stdout, stderr) => {
         if (err) {
           reject(new E2EFailure(`update script failed for ${reportId} -> ${status}: ${err.message}\nstdout: ${stdout}\nstderr: ${stderr}`));
@@ -305,6 +308,7 @@ async function main() {
 
   try {
     await runBrowserFlow({ port, dbPath, baseUrl });
+    await runJwtFlow({ tmp });
   } finally {
     for (const s of [...servers]) await stopServer(s, { expectClean: false }).catch(() => {});
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -460,7 +464,70 @@ async function runBrowserFlow({ port, dbPath, baseUrl }) {
   }
 }
 
-const TOTAL_STEPS = 9;
+/** A token for `sub` from the server's own `token` command. */
+function mintToken(secret, sub, ttl) {
+  return new Promise((resolve, reject) => {
+    const env = { ...process.env, SSE_JWT_SECRET: secret };
+    execFile(SERVER_BIN, ['token', '--sub', sub, '--ttl', ttl], { env, timeout: 15_000 }, (err, stdout, stderr) => {
+      if (err) reject(new E2EFailure(`token command failed: ${err.message}\n${stderr}`));
+      else resolve(stdout.trim());
+    });
+  });
+}
+
+/** With access control on: token login, live updates through tickets, expiry back to the login. */
+async function runJwtFlow({ tmp }) {
+  const secret = `e2e-${crypto.randomUUID()}-secret`;
+  const port = await freePort();
+  const baseUrl = `http://127.0.0.1:${port}`;
+  const server = startServer({
+    port,
+    dbPath: path.join(tmp, 'jwt.sqlite3'),
+    label: 'jwt',
+    extraArgs: ['--auth', 'jwt', '--jwt-leeway', '1s'],
+    extraEnv: { SSE_JWT_SECRET: secret }, // in the environment, so no log shows it
+  });
+  await waitHealthy(server);
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM_PATH,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    timeout: 30_000,
+  });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    context.setDefaultTimeout(10_000);
+    const page = await context.newPage();
+    await step('jwt mode: token login, a live update through a ticket, expiry back to the login', async () => {
+      const user = crypto.randomUUID();
+      const ttlSeconds = 20;
+      const token = await mintToken(secret, user, `${ttlSeconds}s`);
+      const issued = Date.now();
+      await page.goto(baseUrl, { waitUntil: 'load', timeout: 15_000 });
+      const field = page.getByLabel('Access token (JWT)');
+      await field.waitFor({ timeout: 10_000 });
+      await field.fill(token);
+      await page.getByRole('button', { name: 'Log in', exact: true }).click();
+      await page.getByText(user).waitFor({ timeout: 10_000 });
+      await expectConnection(page, 'connected', 10_000);
+      const report = await createReportViaUi(page);
+      const t0 = Date.now();
+      await runUpdateScript(baseUrl, user, report, 'queued', token);
+      await expectRowStatus(page, report, 'queued', LIVE_UPDATE_MS, 'pushed through the ticketed stream');
+      log(`  the change arrived after ${Date.now() - t0} ms`);
+      await page.screenshot({ path: path.join(OUT_DIR, 'jwt-dashboard-1280x800.png') });
+      const left = issued + ttlSeconds * 1000 - Date.now();
+      await waitUntil('the login page after the token expired', left + 10_000, async () => (await page.getByText('Your session expired').count()) > 0);
+      await field.waitFor({ timeout: 2_000 });
+      log(`  back at the login ${Math.round((Date.now() - issued) / 1000)} s after the token was issued (ttl ${ttlSeconds} s)`);
+    });
+    await context.close();
+  } finally {
+    await browser.close().catch(() => {});
+    await stopServer(server);
+  }
+}
+
+const TOTAL_STEPS = 10;
 const watchdog = setTimeout(() => {
   console.error(`e2e: FAILED: overall timeout of ${OVERALL_TIMEOUT_MS} ms`);
   killAllServers();

@@ -197,6 +197,56 @@ describe('live events', () => {
   });
 });
 
+/** An unsigned JWT-shaped token for `sub` (the server checks signatures; the page does not). */
+function fakeToken(sub: string, exp = Math.floor(Date.now() / 1000) + 3600): string {
+  const b64 = (v: unknown) => btoa(JSON.stringify(v)).replace(/=+$/, '').replace(/\+/g, '-').replace(/\//g, '_');
+  return `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp })}.signature`;
+}
+
+describe('access control (jwt mode)', () => {
+  it('logs in with a token, sends it, streams through tickets and returns to the login on auth_expired', async () => {
+    api.mode = 'jwt';
+    render(<App />);
+    const field = await screen.findByLabelText('Access token (JWT)');
+    fireEvent.change(field, { target: { value: fakeToken('not-a-uuid') } });
+    fireEvent.click(screen.getByRole('button', { name: 'Log in' }));
+    expect((await screen.findByRole('alert')).textContent).toContain('not a user ID');
+
+    const token = fakeToken(USER.toUpperCase());
+    fireEvent.change(field, { target: { value: token } });
+    fireEvent.click(screen.getByRole('button', { name: 'Log in' }));
+    expect(await screen.findByText(USER)).toBeTruthy();
+    await waitFor(() => expect(FakeEventSource.instances.length).toBe(1));
+    const es = FakeEventSource.latest();
+    expect(es.url).toBe(`/v4/sse?user_id=${USER}&ticket=ticket-1`);
+    act(() => es.open());
+    await waitFor(() => expect(screen.queryByText('Loading reports…')).toBeNull());
+    const list = api.calls.find((c) => c.path === '/v4/reports');
+    expect(list?.authorization).toBe(`Bearer ${token}`);
+
+    // A dropped stream reconnects with a NEW ticket and the last event's id.
+    act(() => es.emit('report_created', makeReport('pending', 1), 'ev-1'));
+    act(() => es.fail(true));
+    await waitFor(() => expect(FakeEventSource.instances.length).toBe(2), { timeout: 3000 });
+    expect(FakeEventSource.latest().url).toBe(`/v4/sse?user_id=${USER}&ticket=ticket-2&lastEventId=ev-1`);
+
+    act(() => FakeEventSource.latest().emit('auth_expired', { reason: 'token expired' }));
+    expect((await screen.findByRole('status')).textContent).toContain('session expired');
+    expect(screen.getByLabelText('Access token (JWT)')).toBeTruthy();
+    expect(FakeEventSource.latest().readyState).toBe(FakeEventSource.CLOSED);
+  });
+
+  it('returns to the login when the server refuses the token', async () => {
+    api.mode = 'jwt';
+    render(<App />);
+    fireEvent.change(await screen.findByLabelText('Access token (JWT)'), { target: { value: fakeToken(USER) } });
+    api.override(() => jsonResponse(401, { error: 'token expired' }));
+    fireEvent.click(screen.getByRole('button', { name: 'Log in' }));
+    expect(await screen.findByText(/refused the token/)).toBeTruthy();
+    expect(screen.getByLabelText('Access token (JWT)')).toBeTruthy();
+  });
+});
+
 describe('connection indicator', () => {
   it('is reconnecting until open, connected when open', async () => {
     window.localStorage.setItem(USER_ID_KEY, USER);

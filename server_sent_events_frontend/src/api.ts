@@ -47,6 +47,22 @@ function httpErrorMessage(status: number, body: ApiErrorBody | null): string {
   return `Request failed (HTTP ${status}): ${detail}`;
 }
 
+/**
+ * The session's bearer token (access control on, `--auth jwt`), and what to do when the server
+ * answers 401 to it (the token expired or was revoked): sent with every request.
+ */
+let bearerToken: string | null = null;
+let onUnauthorized: ((message: string) => void) | null = null;
+
+export function setSession(token: string | null, unauthorized: ((message: string) => void) | null = null): void {
+  bearerToken = token;
+  onUnauthorized = unauthorized;
+}
+
+export function hasSession(): boolean {
+  return bearerToken !== null;
+}
+
 interface RequestOptions {
   body?: unknown;
   signal?: AbortSignal;
@@ -57,6 +73,7 @@ async function request(method: string, path: string, init: RequestOptions = {}):
   const headers: Record<string, string> = { Accept: 'application/json' };
   if (init.body !== undefined) headers['Content-Type'] = 'application/json';
   if (init.idempotencyKey !== undefined) headers['Idempotency-Key'] = init.idempotencyKey;
+  if (bearerToken !== null) headers.Authorization = `Bearer ${bearerToken}`;
   let response: Response;
   try {
     response = await fetch(path, {
@@ -73,6 +90,7 @@ async function request(method: string, path: string, init: RequestOptions = {}):
   const json = text === '' ? undefined : parseJson(text);
   if (!response.ok) {
     const body = parseErrorBody(json);
+    if (response.status === 401 && bearerToken !== null) onUnauthorized?.(body?.error ?? 'the token was refused');
     throw new ApiError('http', httpErrorMessage(response.status, body), response.status, body);
   }
   return json;
@@ -118,6 +136,33 @@ function expectReport(value: unknown): Report {
 
 export function sseUrl(userId: string): string {
   return `/v4/sse?${userQuery(userId)}`;
+}
+
+/**
+ * The stream URL with a fresh single-use ticket (`POST /auth/ticket`), for a session with a
+ * token: EventSource cannot send the token itself. `lastEventId` resumes where the last
+ * stream stopped (a new EventSource does not send Last-Event-ID by itself).
+ */
+export async function ticketedSseUrl(userId: string, lastEventId: string | null): Promise<string> {
+  const value = await request('POST', '/auth/ticket');
+  if (!isRecord(value) || typeof value.ticket !== 'string') {
+    throw new ApiError('bad-response', 'The server sent an unexpected response.');
+  }
+  let url = `${sseUrl(userId)}&ticket=${encodeURIComponent(value.ticket)}`;
+  if (lastEventId) url += `&lastEventId=${encodeURIComponent(lastEventId)}`;
+  return url;
+}
+
+export type AuthMode = 'none' | 'jwt';
+
+/** Whether the server wants tokens (`GET /auth/config`); `none` when it does not say. */
+export async function fetchAuthMode(): Promise<AuthMode> {
+  try {
+    const value = await request('GET', '/auth/config');
+    return isRecord(value) && value.mode === 'jwt' ? 'jwt' : 'none';
+  } catch {
+    return 'none';
+  }
 }
 
 export async function listReports(userId: string, signal?: AbortSignal): Promise<Report[]> {

@@ -20,3 +20,23 @@ export function saveUserId(userId: string | null): void {
     // Not remembered; the session still works.
   }
 }
+
+export const TOKEN_KEY = 'sse-dashboard.token';
+
+/** The session's token, kept for this tab only (sessionStorage), or null. */
+export function loadToken(): string | null {
+  try {
+    return window.sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+export function saveToken(token: string | null): void {
+  try {
+    if (token === null) window.sessionStorage.removeItem(TOKEN_KEY);
+    else window.sessionStorage.setItem(TOKEN_KEY, token);
+  } catch {
+    // Not remembered; the session still works until a reload.
+  }
+}

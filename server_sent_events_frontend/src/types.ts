@@ -83,3 +83,21 @@ export function parseJson(text: string): unknown {
     return undefined;
   }
 }
+
+/**
+ * The `sub` and `exp` of a JWT, read without checking it (the server checks it); null when the
+ * text is not a JWT with a string `sub`.
+ */
+export function tokenClaims(token: string): { sub: string; exp: number | null } | null {
+  const parts = token.trim().split('.');
+  if (parts.length !== 3 || !parts[1]) return null;
+  try {
+    const base64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    const padded = base64 + '='.repeat((4 - (base64.length % 4)) % 4);
+    const payload: unknown = JSON.parse(atob(padded));
+    if (!isRecord(payload) || typeof payload.sub !== 'string') return null;
+    return { sub: payload.sub, exp: typeof payload.exp === 'number' ? payload.exp : null };
+  } catch {
+    return null;
+  }
+}

@@ -8,11 +8,13 @@ import { ReportTable } from './ReportTable';
 interface DashboardProps {
   userId: string;
   onLogout: () => void;
+  /** Called when the server ends the stream because the session's token expired. */
+  onExpired?: (message: string) => void;
 }
 
 /** The logged-in view: connection state, create button, errors and the live report table. */
-export function Dashboard({ userId, onLogout }: DashboardProps) {
-  const { reports, loaded, connection, loadError, refetch, applyLocal } = useReportStream(userId);
+export function Dashboard({ userId, onLogout, onExpired }: DashboardProps) {
+  const { reports, loaded, connection, loadError, refetch, applyLocal } = useReportStream(userId, onExpired);
   const [actionError, setActionError] = useState<string | null>(null);
   const [creating, setCreating] = useState(false);
   const [busy, setBusy] = useState<ReadonlySet<string>>(new Set());

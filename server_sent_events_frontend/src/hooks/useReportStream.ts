@@ -4,7 +4,7 @@
  * with capped backoff once the browser gives up (EventSource CLOSED).
  */
 import { useCallback, useEffect, useReducer, useRef, useState } from 'react';
-import { errorMessage, listReports, sseUrl } from '../api';
+import { errorMessage, hasSession, listReports, sseUrl, ticketedSseUrl } from '../api';
 import { initialReportsState, reportsReducer, type ReportEvent } from '../reportsState';
 import { parseJson, parseReport, parseStatusUpdate, type Report } from '../types';
 
@@ -39,7 +39,11 @@ function currentlyOnline(): boolean {
   return typeof navigator === 'undefined' || navigator.onLine;
 }
 
-export function useReportStream(userId: string): ReportStream {
+/**
+ * `onExpired` is called when the server ends the stream because the session's token expired
+ * (`auth_expired`); with a token, every (re)connect uses a fresh ticket.
+ */
+export function useReportStream(userId: string, onExpired?: (message: string) => void): ReportStream {
   const [state, dispatch] = useReducer(reportsReducer, initialReportsState);
   const [stream, setStream] = useState<StreamState>('connecting');
   const [online, setOnline] = useState(currentlyOnline);
@@ -103,24 +107,34 @@ export function useReportStream(userId: string): ReportStream {
     let retryTimer: ReturnType<typeof setTimeout> | undefined;
     let attempt = 0;
     let disposed = false;
+    let lastEventId: string | null = null;
 
     const onCreated = (e: MessageEvent<string>) => {
+      if (e.lastEventId) lastEventId = e.lastEventId;
       const report = parseReport(parseJson(e.data));
       if (report) applyEvents([{ kind: 'created', report }]);
       else refetch();
     };
     const onStatus = (e: MessageEvent<string>) => {
+      if (e.lastEventId) lastEventId = e.lastEventId;
       const update = parseStatusUpdate(parseJson(e.data));
       if (update) applyEvents([{ kind: 'status', id: update.id, status: update.status }]);
       else refetch();
     };
     const onReset = () => refetch();
+    const onAuthExpired = () => {
+      closeSource();
+      setStream('closed');
+      disposed = true;
+      onExpired?.('Your session expired. Log in again with a new token.');
+    };
 
     const closeSource = () => {
       if (!source) return;
       source.removeEventListener('report_created', onCreated);
       source.removeEventListener('report_status_update', onStatus);
       source.removeEventListener('reset', onReset);
+      source.removeEventListener('auth_expired', onAuthExpired);
       source.onopen = null;
       source.onerror = null;
       source.close();
@@ -134,9 +148,29 @@ export function useReportStream(userId: string): ReportStream {
         setStream('closed');
         return; // the `online` listener reconnects
       }
-      const es = new EventSource(sseUrl(userId));
-      source = es;
       setStream('connecting');
+      if (!hasSession()) {
+        open(sseUrl(userId));
+        return;
+      }
+      // A ticket per connection: the browser's own reconnects reuse the URL, whose ticket is
+      // spent, so they fail and this retries with a new one (and the last event's id).
+      ticketedSseUrl(userId, lastEventId).then(
+        (url) => {
+          if (!disposed) open(url);
+        },
+        () => {
+          if (disposed) return;
+          setStream('closed');
+          retryTimer = setTimeout(connect, reconnectDelayMs(attempt));
+          attempt++;
+        },
+      );
+    };
+
+    const open = (url: string) => {
+      const es = new EventSource(url);
+      source = es;
       es.onopen = () => {
         attempt = 0;
         setStream('open');
@@ -156,6 +190,7 @@ export function useReportStream(userId: string): ReportStream {
       es.addEventListener('report_created', onCreated);
       es.addEventListener('report_status_update', onStatus);
       es.addEventListener('reset', onReset);
+      es.addEventListener('auth_expired', onAuthExpired);
     };
 
     const handleOnline = () => {
@@ -185,7 +220,7 @@ export function useReportStream(userId: string): ReportStream {
       clearTimeout(retryTimer);
       closeSource();
     };
-  }, [userId, refetch, applyEvents]);
+  }, [userId, refetch, applyEvents, onExpired]);
 
   const connection: ConnectionState =
     !online || stream === 'closed' ? 'offline' : stream === 'open' ? 'connected' : 'reconnecting';

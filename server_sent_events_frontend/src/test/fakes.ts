@@ -91,7 +91,10 @@ type Handler = (method: string, url: URL, body: unknown) => Promise<Response> | 
 /** An in-memory server; `override` lets a test answer one request differently. */
 export class ApiMock {
   reports: Report[] = [];
-  calls: { method: string; path: string; body: unknown; key: string | null }[] = [];
+  calls: { method: string; path: string; body: unknown; key: string | null; authorization: string | null }[] = [];
+  /** What `GET /auth/config` says. */
+  mode: 'none' | 'jwt' = 'none';
+  private tickets = 0;
   private overrides: Handler[] = [];
   private next = 100;
 
@@ -113,11 +116,21 @@ export class ApiMock {
     const url = new URL(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url, 'http://localhost');
     const method = init?.method ?? 'GET';
     const body: unknown = typeof init?.body === 'string' ? JSON.parse(init.body) : undefined;
-    const key = new Headers(init?.headers).get('Idempotency-Key');
-    this.calls.push({ method, path: url.pathname, body, key });
+    const headers = new Headers(init?.headers);
+    const key = headers.get('Idempotency-Key');
+    const authorization = headers.get('Authorization');
+    this.calls.push({ method, path: url.pathname, body, key, authorization });
     const override = this.overrides.shift();
     if (override) return override(method, url, body);
     await Promise.resolve();
+    if (method === 'GET' && url.pathname === '/auth/config') {
+      return jsonResponse(200, { mode: this.mode });
+    }
+    if (method === 'POST' && url.pathname === '/auth/ticket') {
+      if (!authorization) return jsonResponse(401, { error: 'authentication required' });
+      this.tickets++;
+      return jsonResponse(200, { ticket: `ticket-${this.tickets}`, expiresIn: 30 });
+    }
     if (method === 'GET' && url.pathname === '/v4/reports') {
       return jsonResponse(200, this.reports.map((r) => ({ ...r })));
     }
