@@ -3,7 +3,8 @@
 # ${SSE_CACHE_DIR:-~/.cache/server_sent_events}, Chromium from Debian's packages):
 #   - tansu, a Kafka-compatible broker (built from crates.io, 10-20 minutes the first time);
 #   - moto_server, a DynamoDB-API server (PyPI, in a venv);
-#   - Chromium and the dashboard's npm packages, for the browser tests.
+#   - Chromium and the dashboard's npm packages, for the browser tests;
+#   - openssl and curl (Debian's packages), which the auth and HTTP tests call.
 # Then: Rust formatting, lints, unit and integration tests (real broker, real DynamoDB API,
 # real server), a short load smoke with sse-load, and the dashboard's lint, type check, component tests, build and end-to-end
 # test in a real browser.
@@ -14,6 +15,7 @@ echo "== installing test services"
 bash scripts/install-tansu.sh
 bash scripts/install-moto.sh
 bash scripts/install-chromium.sh
+bash scripts/install-tools.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

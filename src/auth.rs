@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -152,6 +152,8 @@ pub struct AuthConfig {
     pub leeway: Duration,
     /// Ticket key shared by instances; `None`: a random key of this process.
     pub ticket_secret: Option<String>,
+    /// A JWKS document of keys chosen by the tokens' `kid`.
+    pub jwks_url: Option<String>,
 }
 
 /// The access control of one server.
@@ -163,9 +165,33 @@ pub struct Auth {
     leeway: Duration,
     ticket_encoding: EncodingKey,
     ticket_decoding: DecodingKey,
+    /// Keys fetched from `--jwks-url`, by `kid`.
+    jwks: Option<Jwks>,
     /// Tickets already redeemed, until they expire (single use).
     used: Mutex<HashMap<String, u64>>,
+    /// Bearer tokens verified lately (see [`Verified`]).
+    verified: Mutex<Verified>,
 }
+
+/// Bearer tokens whose signature and claims were checked lately, with what they grant: a
+/// publisher sends the same token with every request, and checking its signature and parsing
+/// its claims each time cost about a fifth of the CPU of a delivery. An entry is used only
+/// within [`VERIFIED_FOR`] of its check and before its token's `exp` (with the leeway): then
+/// the token is checked again, so an expiry or a key change takes effect within that time.
+/// Only tokens that passed are kept, so this holds nothing a caller could not present anyway,
+/// and at most [`VERIFIED_MAX_BYTES`] of them (the whole set is dropped when full).
+#[derive(Default)]
+struct Verified {
+    tokens: HashMap<Box<str>, (Principal, Instant)>,
+    bytes: usize,
+}
+
+/// How long a verified token is taken without checking it again.
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Most bytes of tokens kept verified.
+const VERIFIED_MAX_BYTES: usize = 1 << 20;
+/// Longer tokens are checked every time.
+const VERIFIED_MAX_TOKEN: usize = 4096;
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,10 +222,14 @@ impl Auth {
         if let Some(pem) = &config.public_key_pem {
             keys.push(public_key(pem)?);
         }
-        if config.mode == Mode::Jwt && keys.is_empty() {
+        let jwks = match &config.jwks_url {
+            Some(url) => Some(Jwks::new(url)?),
+            None => None,
+        };
+        if config.mode == Mode::Jwt && keys.is_empty() && jwks.is_none() {
             return Err(
-                "--auth jwt needs a key to verify tokens: --jwt-secret (SSE_JWT_SECRET, HS256) \
-                 or --jwt-public-key FILE (PEM: RSA, EC P-256 or Ed25519)"
+                "--auth jwt needs a key to verify tokens: --jwt-secret (SSE_JWT_SECRET, HS256), \
+                 --jwt-public-key FILE (PEM: RSA, EC P-256 or Ed25519) or --jwks-url URL"
                     .to_owned(),
             );
         }
@@ -228,7 +258,9 @@ impl Auth {
             leeway: config.leeway,
             ticket_encoding: EncodingKey::from_secret(&ticket_secret),
             ticket_decoding: DecodingKey::from_secret(&ticket_secret),
+            jwks,
             used: Mutex::new(HashMap::new()),
+            verified: Mutex::new(Verified::default()),
         })
     }
 
@@ -240,7 +272,7 @@ impl Auth {
     /// The caller of a request with `authorization` (the header's value, if any) and
     /// `ticket` (the `ticket` query parameter, if any, honoured only where `tickets_ok`).
     /// In `none` mode everything is allowed.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         authorization: Option<&[u8]>,
         ticket: Option<&str>,
@@ -251,7 +283,7 @@ impl Auth {
         }
         if let Some(value) = authorization {
             let token = bearer(value)?;
-            return self.verify(token);
+            return self.verify_token(token).await;
         }
         match ticket {
             Some(ticket) if tickets_ok => self.redeem(ticket),
@@ -268,7 +300,70 @@ impl Auth {
         }
     }
 
-    /// Verifies a bearer token with the configured keys.
+    /// Verifies a bearer token: with the JWKS key its `kid` names, when `--jwks-url` is set
+    /// and the token has a `kid`; else with the configured keys.
+    pub async fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(principal) = self.verified_lately(token) {
+            return Ok(principal);
+        }
+        let principal = self.verify_token_now(token).await?;
+        self.note_verified(token, &principal);
+        Ok(principal)
+    }
+
+    /// What `token` grants, if it was verified within [`VERIFIED_FOR`] and has not expired.
+    fn verified_lately(&self, token: &str) -> Option<Principal> {
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let (principal, at) = verified.tokens.get(token)?;
+        let deadline = principal.expires.map(|exp| exp + self.leeway);
+        if at.elapsed() < VERIFIED_FOR && deadline.is_none_or(|d| SystemTime::now() < d) {
+            return Some(principal.clone());
+        }
+        if let Some((key, _)) = verified.tokens.remove_entry(token) {
+            verified.bytes -= key.len();
+        }
+        None
+    }
+
+    fn note_verified(&self, token: &str, principal: &Principal) {
+        if token.len() > VERIFIED_MAX_TOKEN {
+            return;
+        }
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.bytes + token.len() > VERIFIED_MAX_BYTES {
+            *verified = Verified::default();
+        }
+        let previous = verified
+            .tokens
+            .insert(token.into(), (principal.clone(), Instant::now()));
+        if previous.is_none() {
+            verified.bytes += token.len();
+        }
+    }
+
+    /// [`Auth::verify_token`] without the memory of tokens verified lately.
+    async fn verify_token_now(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("malformed token: not a signed JWT (header unreadable)"))?;
+        if let (Some(jwks), Some(kid)) = (&self.jwks, &header.kid) {
+            let key = jwks.key(kid).await?;
+            if key.algorithm != header.alg {
+                return Err(invalid(&format!(
+                    "token algorithm {:?} is not that of its key {kid:?} ({:?})",
+                    header.alg, key.algorithm
+                )));
+            }
+            return self.check(token, &key);
+        }
+        if self.keys.is_empty() {
+            return Err(invalid(
+                "token has no kid, and keys are known only by kid (JWKS)",
+            ));
+        }
+        self.verify(token)
+    }
+
+    /// Verifies a bearer token with the configured (non-JWKS) keys.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("malformed token: not a signed JWT (header unreadable)"))?;
@@ -283,6 +378,11 @@ impl Auth {
                     .join(", ")
             )));
         };
+        self.check(token, key)
+    }
+
+    /// Checks `token`'s signature with `key` and its claims.
+    fn check(&self, token: &str, key: &Key) -> Result<Principal, AuthError> {
         let mut validation = Validation::new(key.algorithm);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
@@ -393,6 +493,134 @@ impl Auth {
             admin: scopes.contains(&"admin"),
             expires: Some(UNIX_EPOCH + Duration::from_secs(claims.token_exp)),
         })
+    }
+}
+
+/// Least time between two fetches of the JWKS document (a token with an unknown `kid` asks
+/// for one): a flood of made-up `kid`s costs the key server one request per period.
+const JWKS_REFETCH: Duration = Duration::from_secs(5);
+/// Longest a fetch of the JWKS document may take.
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS document read.
+const JWKS_MAX_BYTES: usize = 256 * 1024;
+
+/// Keys from a JWKS document (`--jwks-url`), by `kid`, fetched when a token names a `kid` not
+/// seen yet, at most once per [`JWKS_REFETCH`]. Each key's algorithm is fixed by its type
+/// (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA); a key whose `alg` says otherwise is skipped.
+struct Jwks {
+    url: String,
+    client: reqwest::Client,
+    keys: std::sync::RwLock<HashMap<String, std::sync::Arc<Key>>>,
+    /// When the document was last fetched; held during a fetch, so there is one at a time.
+    fetched: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Jwks {
+    fn new(url: &str) -> Result<Self, String> {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(format!("--jwks-url must be an http(s) URL: {url:?}"));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(JWKS_TIMEOUT)
+            .connect_timeout(JWKS_TIMEOUT)
+            .build()
+            .map_err(|e| format!("cannot set up the JWKS client: {e}"))?;
+        Ok(Self {
+            url: url.to_owned(),
+            client,
+            keys: std::sync::RwLock::new(HashMap::new()),
+            fetched: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn cached(&self, kid: &str) -> Option<std::sync::Arc<Key>> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(kid)
+            .cloned()
+    }
+
+    async fn key(&self, kid: &str) -> Result<std::sync::Arc<Key>, AuthError> {
+        if let Some(key) = self.cached(kid) {
+            return Ok(key);
+        }
+        let mut fetched = self.fetched.lock().await;
+        if let Some(key) = self.cached(kid) {
+            return Ok(key); // fetched by the request we waited for
+        }
+        if fetched.is_none_or(|at| at.elapsed() >= JWKS_REFETCH) {
+            *fetched = Some(std::time::Instant::now());
+            match self.fetch().await {
+                Ok(keys) => {
+                    tracing::info!(keys = keys.len(), "JWKS fetched");
+                    *self.keys.write().unwrap_or_else(PoisonError::into_inner) = keys;
+                }
+                Err(error) => tracing::warn!(%error, url = %self.url, "JWKS fetch failed"),
+            }
+        }
+        drop(fetched);
+        self.cached(kid)
+            .ok_or_else(|| invalid("unknown token key id (kid)"))
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, std::sync::Arc<Key>>, String> {
+        let response = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > JWKS_MAX_BYTES as u64)
+        {
+            return Err("document too large".to_owned());
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("reading failed: {e}"))?;
+        if body.len() > JWKS_MAX_BYTES {
+            return Err("document too large".to_owned());
+        }
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let Some(algorithm) = jwk_algorithm(jwk) else {
+                continue;
+            };
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            keys.insert(kid, std::sync::Arc::new(Key { algorithm, key }));
+        }
+        Ok(keys)
+    }
+}
+
+/// The algorithm a JWK's type fixes; `None` for an unsupported key, or one whose `alg` names
+/// another algorithm.
+fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    let algorithm = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        Some(declared) if format!("{declared:?}") != format!("{algorithm:?}") => None,
+        _ => Some(algorithm),
     }
 }
 
@@ -553,12 +781,45 @@ mod tests {
         assert!(same.unwrap_err().contains("differ"));
     }
 
-    #[test]
-    fn tokens_carry_identity_and_scope() {
+    #[tokio::test]
+    async fn a_verified_token_is_taken_again_until_it_expires() {
+        let auth = Auth::new(&AuthConfig {
+            mode: Mode::Jwt,
+            secret: Some(SECRET.to_owned()),
+            leeway: Duration::ZERO,
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let token = mint(SECRET, "alice", "publish", Duration::from_secs(2)).unwrap();
+        let first = auth.verify_token(&token).await.unwrap();
+        assert_eq!(auth.verified_lately(&token), Some(first.clone()));
+        assert_eq!(auth.verify_token(&token).await.unwrap(), first);
+        // A refused token is never kept.
+        let forged = mint(
+            "another secret of at least 32 bytes!",
+            "alice",
+            "admin",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(auth.verify_token(&forged).await.is_err());
+        assert_eq!(auth.verified_lately(&forged), None);
+        // Past its exp, the token is checked again, and refused as expired.
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert_eq!(auth.verified_lately(&token), None);
+        assert_eq!(
+            auth.verify_token(&token).await,
+            Err(invalid("token expired"))
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_carry_identity_and_scope() {
         let auth = jwt();
         let token = mint(SECRET, "alice", "publish", Duration::from_secs(60)).unwrap();
         let who = auth
             .authenticate(Some(format!("Bearer {token}").as_bytes()), None, false)
+            .await
             .unwrap();
         assert_eq!(
             (who.sub.as_str(), who.publish, who.admin),
@@ -577,48 +838,49 @@ mod tests {
         .unwrap();
         assert_eq!(auth.verify(&wrong), Err(invalid("bad token signature")));
         assert!(matches!(
-            auth.authenticate(None, None, true),
+            auth.authenticate(None, None, true).await,
             Err(AuthError::Missing(_))
         ));
         assert!(matches!(
-            auth.authenticate(Some(b"Basic abc"), None, true),
+            auth.authenticate(Some(b"Basic abc"), None, true).await,
             Err(AuthError::Missing(_))
         ));
         assert!(matches!(
-            auth.authenticate(Some(b"Bearer not-a-jwt"), None, true),
+            auth.authenticate(Some(b"Bearer not-a-jwt"), None, true)
+                .await,
             Err(AuthError::Invalid(_))
         ));
     }
 
-    #[test]
-    fn tickets_are_single_use_and_carry_the_tokens_end() {
+    #[tokio::test]
+    async fn tickets_are_single_use_and_carry_the_tokens_end() {
         let auth = jwt();
         let token = mint(SECRET, "alice", "", Duration::from_secs(600)).unwrap();
         let who = auth.verify(&token).unwrap();
         let (ticket, lifetime) = auth.issue_ticket(&who).unwrap();
         assert_eq!(lifetime, TICKET_LIFETIME);
-        let redeemed = auth.authenticate(None, Some(&ticket), true).unwrap();
+        let redeemed = auth.authenticate(None, Some(&ticket), true).await.unwrap();
         assert_eq!(redeemed, who);
         assert!(
-            matches!(auth.authenticate(None, Some(&ticket), true), Err(AuthError::Invalid(m)) if m.contains("already used"))
+            matches!(auth.authenticate(None, Some(&ticket), true).await, Err(AuthError::Invalid(m)) if m.contains("already used"))
         );
         let (other, _) = auth.issue_ticket(&who).unwrap();
         assert!(
-            auth.authenticate(None, Some(&other), false).is_err(),
+            auth.authenticate(None, Some(&other), false).await.is_err(),
             "only on streams"
         );
         // A ticket of another server (another ticket key) and a token are not tickets.
         let (foreign, _) = jwt().issue_ticket(&who).unwrap();
-        assert!(auth.authenticate(None, Some(&foreign), true).is_err());
-        assert!(auth.authenticate(None, Some(&token), true).is_err());
+        assert!(auth.authenticate(None, Some(&foreign), true).await.is_err());
+        assert!(auth.authenticate(None, Some(&token), true).await.is_err());
         // And a ticket is no bearer token.
         assert!(auth.verify(&other).is_err());
     }
 
-    #[test]
-    fn none_mode_allows_everything() {
+    #[tokio::test]
+    async fn none_mode_allows_everything() {
         let auth = Auth::new(&AuthConfig::default()).unwrap();
-        let who = auth.authenticate(None, None, false).unwrap();
+        let who = auth.authenticate(None, None, false).await.unwrap();
         assert_eq!(who, Principal::open());
         assert!(who.may_act_as("anyone") && who.may_publish());
     }

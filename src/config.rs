@@ -263,6 +263,11 @@ pub struct Config {
     #[arg(long, env = "SSE_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
+    /// URL of a JWKS document: keys chosen by the tokens' `kid`, fetched when a `kid` is new
+    /// (at most every 5 s, bounded to 5 s).
+    #[arg(long, env = "SSE_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
     /// Required `iss` of the tokens (a token without it is refused).
     #[arg(long, env = "SSE_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -335,6 +340,7 @@ impl Config {
             audience: self.jwt_audience.clone(),
             leeway: self.jwt_leeway,
             ticket_secret: self.ticket_secret.as_ref().map(|s| s.0.clone()),
+            jwks_url: self.jwks_url.clone(),
         })
     }
 

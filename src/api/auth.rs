@@ -63,6 +63,7 @@ impl FromRequestParts<AppState> for Caller {
         state
             .auth
             .authenticate(authorization, ticket.as_deref(), stream)
+            .await
             .map(Caller)
             .map_err(AppError::from)
     }

@@ -774,3 +774,160 @@ async fn cors_preflights_allow_the_authorization_header() {
     assert!(allowed.contains("authorization"), "{allowed}");
     server.stop().await;
 }
+
+/// The raw 32-byte public key of an Ed25519 private key PEM, as a JWK's base64url `x`.
+fn ed25519_x(dir: &std::path::Path, private: &[u8]) -> String {
+    let path = dir.join("jwk-src.key");
+    std::fs::write(&path, private).unwrap();
+    let der = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(der.len(), 44, "Ed25519 SubjectPublicKeyInfo");
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[12..])
+}
+
+/// Issue 9: keys from a JWKS document served on 127.0.0.1, chosen by `kid`: a known kid
+/// passes, an unknown one is refused, a rotation is picked up on the next fetch, and a flood of
+/// made-up kids costs the key server at most one fetch per period.
+#[tokio::test]
+async fn jwks_keys_by_kid_with_rotation() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let (a_private, _) = key_pair(dir.path(), "ed");
+    let (b_private, _) = key_pair(dir.path(), "ed");
+    let jwk = |kid: &str, private: &[u8]| json!({ "kty": "OKP", "crv": "Ed25519", "kid": kid, "x": ed25519_x(dir.path(), private) });
+    let document = Arc::new(Mutex::new(json!({ "keys": [jwk("a", &a_private)] })));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let app = {
+        let (document, fetches) = (document.clone(), fetches.clone());
+        axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let (document, fetches) = (document.clone(), fetches.clone());
+                async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(document.lock().unwrap().clone())
+                }
+            }),
+        )
+    };
+    let key_server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = TestServer::start_with(move |c| {
+        c.auth = Mode::Jwt;
+        c.jwks_url = Some(jwks_url);
+    })
+    .await;
+    let signed = |kid: Option<&str>, private: &[u8]| {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = kid.map(str::to_owned);
+        let claims = json!({ "sub": "alice", "exp": now() + 600 });
+        jsonwebtoken::encode(&header, &claims, &private_key("ed", private)).unwrap()
+    };
+    let path = "/v2/broadcast";
+    let publish = |token: String| {
+        let server = &server;
+        async move {
+            let token = token;
+            call(server, Method::POST, path, Some(&token), Some("x")).await
+        }
+    };
+    // The broadcast needs the publish scope: a 403 proves the token itself was accepted.
+    assert_eq!(publish(signed(Some("a"), &a_private)).await.0, 403);
+    let (status, _, json) = publish(signed(Some("b"), &b_private)).await;
+    assert_eq!(status, 401, "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown token key id"),
+        "{json}"
+    );
+    let (status, _, json) = publish(signed(Some("a"), &b_private)).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (401, Some("bad token signature"))
+    );
+    let (status, _, json) = publish(signed(None, &a_private)).await;
+    assert_eq!(status, 401, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("no kid"), "{json}");
+
+    // A flood of made-up kids: at most one more fetch within the refetch period.
+    let before = fetches.load(Ordering::SeqCst);
+    for i in 0..20 {
+        let (status, _, _) = publish(signed(Some(&format!("made-up-{i}")), &a_private)).await;
+        assert_eq!(status, 401);
+    }
+    let during = fetches.load(Ordering::SeqCst) - before;
+    assert!(during <= 1, "{during} fetches for 20 unknown kids");
+
+    // Rotation: key b is published; the next fetch (after the refetch period) finds it.
+    document.lock().unwrap()["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(jwk("b", &b_private));
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _, json) = publish(signed(Some("b"), &b_private)).await;
+        if status == 403 {
+            break;
+        }
+        assert_eq!(status, 401, "{json}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "rotation not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        publish(signed(Some("a"), &a_private)).await.0,
+        403,
+        "a still works"
+    );
+    server.stop().await;
+    key_server.abort();
+}
+
+/// Issue 9, as the README documents it: with one `--ticket-secret` on two instances, a ticket
+/// from one opens a stream on the other (once); without it, a ticket works only where it was
+/// issued.
+#[tokio::test]
+async fn tickets_across_instances() {
+    const TICKETS: &str = "ticket-secret-shared-by-instances-0001";
+    let shared = |c: &mut server_sent_events::config::Config| {
+        c.auth = Mode::Jwt;
+        c.jwt_secret = Some(Secret(SECRET.to_owned()));
+        c.ticket_secret = Some(Secret(TICKETS.to_owned()));
+    };
+    let a = TestServer::start_with(shared).await;
+    let b = TestServer::start_with(shared).await;
+    let alice = token("alice", "", 600);
+    let path = |t: &str| format!("/v2/sse?username=alice&ticket={t}");
+    let ticket = ticket_for(&a, &alice).await;
+    Sse::open(&b.url(&path(&ticket)), None).await;
+    let (status, _, json) = call(&b, Method::GET, &path(&ticket), None, None).await;
+    assert_eq!(status, 401, "used once on B: {json}");
+
+    let own = jwt_server().await;
+    let elsewhere = ticket_for(&a, &alice).await;
+    let (status, _, json) = call(&own, Method::GET, &path(&elsewhere), None, None).await;
+    assert_eq!(status, 401, "another ticket key: {json}");
+    let (status, _, json) = call(
+        &a,
+        Method::GET,
+        &path(&ticket_for(&own, &alice).await),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "a per-process key: {json}");
+    a.stop().await;
+    b.stop().await;
+    own.stop().await;
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the command-line tools the integration tests call: openssl (the auth and TLS tests
+# generate their keys and certificates with it) and curl (HTTP/2 tests). Idempotent: does
+# nothing when both are on PATH.
+set -euo pipefail
+
+missing=()
+for tool in openssl curl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-tools: openssl and curl already present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+  else
+    echo "install-tools: not root and no sudo; cannot install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+echo "install-tools: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+$SUDO apt-get install -y "${missing[@]}"
