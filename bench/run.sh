@@ -4,7 +4,9 @@
 #
 # Usage: bench/run.sh ours|nchan hold|hold19k|fanout|latency|rate20k [extra sse-load args]
 # Env:   SERVER_BIN (default target/release/server_sent_events), LOAD_BIN (sse-load binary),
-#        PORT (ours, default 3901).
+#        PORT (ours, default 3901), AUTH (ours: none, default, or jwt: the server runs with
+#        --auth jwt and a secret made for the run; publishers send a bearer token with the
+#        publish scope, each subscriber trades a token for a one-use ticket first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SERVER=$1 SCEN=$2; shift 2
@@ -16,7 +18,22 @@ PORT=${PORT:-3901}
 
 case "$SERVER" in
 ours)
-    "$SERVER_BIN" --log warn --database "$WORK/r.sqlite3" --bind "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
+    AUTH_ARGS=()
+    case "${AUTH:-none}" in
+    none) ;;
+    jwt)
+        # A fresh secret per run; tokens for every user (admin: any user's stream) and for
+        # publishing. Passed by environment, never on a command line others can read.
+        SSE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+        export SSE_JWT_SECRET
+        SSE_LOAD_TICKET_BEARER=$("$SERVER_BIN" token --sub bench-subscriber --scope admin --ttl 1h)
+        SSE_LOAD_BEARER=$("$SERVER_BIN" token --sub bench-publisher --scope publish --ttl 1h)
+        export SSE_LOAD_TICKET_BEARER SSE_LOAD_BEARER
+        AUTH_ARGS=(--auth jwt)
+        ;;
+    *) echo "unknown AUTH ${AUTH}" >&2; exit 2 ;;
+    esac
+    "$SERVER_BIN" --log warn --database "$WORK/r.sqlite3" --bind "127.0.0.1:$PORT" "${AUTH_ARGS[@]}" >"$WORK/server.log" 2>&1 &
     PID=$!
     HOSTPORT=127.0.0.1:$PORT
     SUB="http://$HOSTPORT/v2/sse?username=u{user}"

@@ -8,6 +8,7 @@
 
 use crate::payload;
 use crate::sse::{SseEvent, SseStream};
+use crate::target::UrlTemplate;
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -38,6 +39,20 @@ pub struct Shared {
     pub messages: usize,
     /// Run tag searched in event data.
     pub tag: Vec<u8>,
+    /// Bearer token sent with every publish (`--bearer`).
+    pub bearer: Option<String>,
+    /// Bearer token each subscriber trades for a stream ticket first (`--ticket-bearer`).
+    pub ticket_bearer: Option<String>,
+    /// Ready streams that end early reconnect with `Last-Event-ID` (`--reconnect`).
+    pub reconnect: bool,
+    /// Reconnections made after a ready stream ended.
+    pub reconnects: AtomicU64,
+    /// Per reconnection: microseconds from the drop to the new stream's head.
+    pub recover_us: Mutex<Histogram<u64>>,
+    /// Set at `--rebalance-after`: streams away from their first template move back to it.
+    pub rebalance: AtomicBool,
+    /// Streams moved back to their first template.
+    pub moved: AtomicU64,
     /// TCP connections established.
     pub connected: AtomicUsize,
     /// Connections that got a `200 text/event-stream` head.
@@ -88,6 +103,13 @@ impl Shared {
             user_base: 0,
             messages,
             tag,
+            bearer: None,
+            ticket_bearer: None,
+            reconnect: false,
+            reconnects: AtomicU64::new(0),
+            recover_us: Mutex::new(new_histogram()),
+            rebalance: AtomicBool::new(false),
+            moved: AtomicU64::new(0),
             connected: AtomicUsize::new(0),
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
@@ -153,12 +175,13 @@ pub fn new_histogram() -> Histogram<u64> {
 pub struct SubSpec {
     /// User index.
     pub user: usize,
-    /// Target address.
-    pub target: SocketAddr,
-    /// Local address to bind before connecting, if any.
-    pub source: Option<IpAddr>,
-    /// The full GET request.
-    pub request: Vec<u8>,
+    /// Connection index.
+    pub conn: usize,
+    /// The subscribe templates: the first stream goes to `conn % len`, each reconnection to
+    /// the next one.
+    pub targets: Arc<[Arc<UrlTemplate>]>,
+    /// `--source-addrs`.
+    pub source_addrs: u8,
 }
 
 /// Local source address for connection `conn` spread over `127.0.0.1..=127.0.0.N`.
@@ -170,12 +193,19 @@ pub fn source_for(conn: usize, source_addrs: u8, target: SocketAddr) -> Option<I
     Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
 }
 
-/// Builds the GET request for one subscriber.
-pub fn sub_request(host: &str, path: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sse-load\r\n\r\n"
+/// Builds the GET request for one subscriber, resuming after `last_id` when not empty.
+pub fn sub_request(host: &str, path: &str, last_id: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sse-load\r\n"
     )
-    .into_bytes()
+    .into_bytes();
+    if !last_id.is_empty() {
+        req.extend_from_slice(b"Last-Event-ID: ");
+        req.extend_from_slice(last_id);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    req
 }
 
 /// Connects `target`, binding `source` first when given.
@@ -212,11 +242,21 @@ pub fn io_kind(step: &str, e: &std::io::Error) -> String {
 struct Track {
     user: usize,
     seen: Vec<u64>,
+    /// The last event id received (kept with `--reconnect` only).
+    last_id: Vec<u8>,
+    /// While reconnecting: when the stream dropped (ns since the epoch).
+    recovering: Option<u64>,
+    /// A stream of this subscriber was ready once (later ones are reconnections).
+    was_ready: bool,
 }
 
 impl Track {
     fn on_event(&mut self, ev: SseEvent<'_>, shared: &Shared, now_ns: u64) {
         shared.events.fetch_add(1, Relaxed);
+        if shared.reconnect && !ev.id.is_empty() {
+            self.last_id.clear();
+            self.last_id.extend_from_slice(ev.id);
+        }
         let Some((seq, sent_ns)) = payload::parse_body(&shared.tag, ev.data) else {
             shared.foreign.fetch_add(1, Relaxed);
             return;
@@ -257,69 +297,161 @@ enum ReadOutcome {
     Failed(String),
 }
 
-/// Runs one subscriber until `stop` flips, the server ends the stream, or an error.
-/// Connecting and receiving the head must finish before `ready_deadline`.
+/// How one stream (one connection) of a subscriber ended.
+enum StreamEnd {
+    /// The run is over.
+    Stopped,
+    /// It never became ready, for this reason.
+    NotReady(String),
+    /// It was ready and then ended, for this reason.
+    Dropped(String),
+    /// It was closed to move back to its first template (`--rebalance-after`).
+    Moved,
+}
+
+/// Runs one subscriber until `stop` flips, or its stream ends (with `--reconnect`: until the
+/// run ends, reconnecting after every drop). Connecting and receiving the head must finish
+/// before `ready_deadline`; a reconnection must within `--timeout` of its drop.
 pub async fn run_sub(
     spec: SubSpec,
     shared: Arc<Shared>,
     sem: Arc<Semaphore>,
     ready_deadline: tokio::time::Instant,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    timeout: std::time::Duration,
 ) {
-    let fail = |kind: &str| {
-        shared.failed.fetch_add(1, Relaxed);
-        shared.error(kind);
-    };
-    if *stop.borrow() {
-        return;
-    }
-    let permit = tokio::select! {
-        biased;
-        _ = stop.changed() => return,
-        _ = tokio::time::sleep_until(ready_deadline) => { fail("connect_timeout"); return; }
-        p = sem.acquire() => match p { Ok(p) => p, Err(_) => return },
-    };
-    let connected = tokio::select! {
-        biased;
-        _ = stop.changed() => return,
-        _ = tokio::time::sleep_until(ready_deadline) => { fail("connect_timeout"); return; }
-        c = connect(spec.target, spec.source) => c,
-    };
-    let mut stream = match connected {
-        Ok(s) => s,
-        Err(kind) => {
-            fail(&kind);
-            return;
-        }
-    };
-    shared.connected.fetch_add(1, Relaxed);
-    shared.last_connect_ns.fetch_max(shared.now_ns(), Relaxed);
-    if let Err(e) = stream.write_all(&spec.request).await {
-        fail(&io_kind("write", &e));
-        return;
-    }
-    drop(spec.request);
-
-    let mut permit = Some(permit);
-    let mut sse = SseStream::new();
     let mut track = Track {
         user: spec.user,
         seen: Vec::new(),
+        last_id: Vec::new(),
+        recovering: None,
+        was_ready: false,
     };
+    let n = spec.targets.len().max(1);
+    let mut attempt = 0;
+    // Set while reconnecting: the deadline of the reconnection.
+    let mut dropped: Option<tokio::time::Instant> = None;
+    loop {
+        let tpl = &spec.targets[(spec.conn + attempt) % n];
+        let deadline = dropped.unwrap_or(ready_deadline);
+        let home = (spec.conn + attempt) % n == spec.conn % n;
+        let end = one_stream(
+            &spec,
+            tpl,
+            home,
+            &shared,
+            &sem,
+            deadline,
+            stop.clone(),
+            &mut track,
+        )
+        .await;
+        let kind = match end {
+            StreamEnd::Stopped => return,
+            StreamEnd::Moved => {
+                shared.moved.fetch_add(1, Relaxed);
+                dropped = Some(tokio::time::Instant::now() + timeout);
+                attempt = (attempt / n + 1) * n;
+                continue;
+            }
+            StreamEnd::NotReady(kind) if dropped.is_none() => {
+                shared.failed.fetch_add(1, Relaxed);
+                shared.error(&kind);
+                return;
+            }
+            StreamEnd::NotReady(kind) => {
+                // Reconnecting: try the next instance, until the deadline.
+                if tokio::time::Instant::now() >= deadline {
+                    shared.dropped.fetch_add(1, Relaxed);
+                    shared.error(&format!("reconnect_{kind}"));
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                attempt += 1;
+                continue;
+            }
+            StreamEnd::Dropped(kind) => kind,
+        };
+        if !shared.reconnect || *stop.borrow() {
+            shared.dropped.fetch_add(1, Relaxed);
+            shared.error(&kind);
+            return;
+        }
+        shared.reconnects.fetch_add(1, Relaxed);
+        shared.error(&format!("reconnected_after_{kind}"));
+        dropped = Some(tokio::time::Instant::now() + timeout);
+        track.recovering = Some(shared.now_ns());
+        attempt += 1;
+    }
+}
+
+/// Opens one stream of `spec` on `tpl` and reads it until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn one_stream(
+    spec: &SubSpec,
+    tpl: &UrlTemplate,
+    home: bool,
+    shared: &Arc<Shared>,
+    sem: &Semaphore,
+    ready_deadline: tokio::time::Instant,
+    mut stop: watch::Receiver<bool>,
+    track: &mut Track,
+) -> StreamEnd {
+    if *stop.borrow() {
+        return StreamEnd::Stopped;
+    }
+    let not_ready = |kind: &str| StreamEnd::NotReady(kind.to_string());
+    let permit = tokio::select! {
+        biased;
+        _ = stop.changed() => return StreamEnd::Stopped,
+        _ = tokio::time::sleep_until(ready_deadline) => return not_ready("connect_timeout"),
+        p = sem.acquire() => match p { Ok(p) => p, Err(_) => return StreamEnd::Stopped },
+    };
+    let source = source_for(spec.conn, spec.source_addrs, tpl.addr);
+    let mut path = tpl.render(shared.user_base + spec.user, spec.conn);
+    if let Some(bearer) = &shared.ticket_bearer {
+        let fetched = tokio::select! {
+            biased;
+            _ = stop.changed() => return StreamEnd::Stopped,
+            _ = tokio::time::sleep_until(ready_deadline) => return not_ready("ticket_timeout"),
+            t = crate::ticket::fetch(tpl.addr, source, &tpl.host_header, bearer) => t,
+        };
+        match fetched {
+            Ok(ticket) => path = crate::ticket::with_ticket(&path, &ticket),
+            Err(kind) => return StreamEnd::NotReady(kind),
+        }
+    }
+    let request = sub_request(&tpl.host_header, &path, &track.last_id);
+    drop(path);
+    let connected = tokio::select! {
+        biased;
+        _ = stop.changed() => return StreamEnd::Stopped,
+        _ = tokio::time::sleep_until(ready_deadline) => return not_ready("connect_timeout"),
+        c = connect(tpl.addr, source) => c,
+    };
+    let mut stream = match connected {
+        Ok(s) => s,
+        Err(kind) => return StreamEnd::NotReady(kind),
+    };
+    shared.connected.fetch_add(1, Relaxed);
+    shared.last_connect_ns.fetch_max(shared.now_ns(), Relaxed);
+    if let Err(e) = stream.write_all(&request).await {
+        return StreamEnd::NotReady(io_kind("write", &e));
+    }
+    drop(request);
+
+    let mut permit = Some(permit);
+    let mut sse = SseStream::new();
     let mut ready = false;
     loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => break,
-            _ = tokio::time::sleep_until(ready_deadline), if !ready => {
-                fail("head_timeout");
-                return;
-            }
+            _ = stop.changed() => return StreamEnd::Stopped,
+            _ = tokio::time::sleep_until(ready_deadline), if !ready => return not_ready("head_timeout"),
             r = stream.readable() => {
                 if let Err(e) = r {
                     let kind = io_kind("read", &e);
-                    if ready { shared.dropped.fetch_add(1, Relaxed); shared.error(&kind); } else { fail(&kind); }
-                    return;
+                    return if ready { StreamEnd::Dropped(kind) } else { StreamEnd::NotReady(kind) };
                 }
             }
         }
@@ -329,7 +461,7 @@ pub async fn run_sub(
                 Ok(0) => ReadOutcome::Closed,
                 Ok(n) => {
                     let now = shared.now_ns();
-                    let mut on_event = |ev: SseEvent<'_>| track.on_event(ev, &shared, now);
+                    let mut on_event = |ev: SseEvent<'_>| track.on_event(ev, shared, now);
                     match sse.feed(&buf[..n], &mut on_event) {
                         Ok(()) if sse.is_ended() => ReadOutcome::Ended,
                         Ok(()) => ReadOutcome::Continue,
@@ -343,9 +475,21 @@ pub async fn run_sub(
         if !ready && sse.is_ready() {
             ready = true;
             permit.take();
-            shared.ready.fetch_add(1, Relaxed);
-            shared.ready_per_user[spec.user % shared.users].fetch_add(1, Relaxed);
-            shared.last_ready_ns.fetch_max(shared.now_ns(), Relaxed);
+            if let Some(dropped_ns) = track.recovering.take() {
+                let us = shared.now_ns().saturating_sub(dropped_ns) / 1000;
+                if let Ok(mut h) = shared.recover_us.lock() {
+                    h.saturating_record(us.max(1));
+                }
+            }
+            if !track.was_ready {
+                track.was_ready = true;
+                shared.ready.fetch_add(1, Relaxed);
+                shared.ready_per_user[spec.user % shared.users].fetch_add(1, Relaxed);
+                shared.last_ready_ns.fetch_max(shared.now_ns(), Relaxed);
+            }
+        }
+        if ready && !home && shared.rebalance.load(Relaxed) {
+            return StreamEnd::Moved;
         }
         let kind = match outcome {
             ReadOutcome::Continue => continue,
@@ -353,12 +497,10 @@ pub async fn run_sub(
             ReadOutcome::Ended => "stream_ended_by_server".to_string(),
             ReadOutcome::Failed(k) => k,
         };
-        if ready {
-            shared.dropped.fetch_add(1, Relaxed);
-            shared.error(&kind);
+        return if ready {
+            StreamEnd::Dropped(kind)
         } else {
-            fail(&kind);
-        }
-        return;
+            StreamEnd::NotReady(kind)
+        };
     }
 }

@@ -17,6 +17,7 @@ mod procstat;
 mod publisher;
 mod sse;
 mod target;
+mod ticket;
 
 use clap::{Args, Parser, Subcommand};
 use client::{Shared, SubSpec};
@@ -52,14 +53,27 @@ enum Mode {
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// Subscribe URL template (GET, SSE), e.g. 'http://127.0.0.1:3000/v2/sse?username=u{user}';
-    /// {user} = user index, {conn} = connection index.
-    #[arg(long, value_name = "URL")]
-    sub: String,
+    /// {user} = user index, {conn} = connection index. Repeatable (several instances of a
+    /// cluster): connection i uses template i mod the number given.
+    #[arg(long, value_name = "URL", required = true)]
+    sub: Vec<String>,
     /// Publish URL template (POST, body = message), e.g.
     /// 'http://127.0.0.1:3000/v2/message?username=u{user}'; {user} = user index,
-    /// {conn} = publisher connection index. Required by latency and fanout.
+    /// {conn} = publisher connection index. Required by latency and fanout. Repeatable:
+    /// publisher connection i uses template i mod the number given.
     #[arg(long = "pub", value_name = "URL")]
-    publish: Option<String>,
+    publish: Vec<String>,
+    /// When a ready stream ends before the run does (say, its server was killed), reconnect,
+    /// to the next `--sub` template, with `Last-Event-ID` set to the last id it received, as a
+    /// browser's EventSource would; lost and duplicated messages are counted across the
+    /// reconnect, and the time from the drop to the new stream's head is reported.
+    #[arg(long)]
+    reconnect: bool,
+    /// With --reconnect: this long after publishing starts, every stream that is not on its
+    /// first `--sub` template (it reconnected elsewhere) closes and moves back to it, with
+    /// `Last-Event-ID`, as when a load balancer sends clients back to a restarted instance.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "reconnect")]
+    rebalance_after: Option<Duration>,
     /// Server process whose PSS (/proc/PID/smaps_rollup) and CPU time (/proc/PID/stat) are
     /// read; repeatable (for nginx pass the master and the workers, or use --with-children).
     #[arg(long = "pid", value_name = "PID")]
@@ -81,6 +95,25 @@ struct Common {
     /// Tokio worker threads of the load generator.
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
+    /// Bearer token sent as `Authorization: Bearer` with every publish (servers with access
+    /// control; the token needs the right to publish to every user).
+    #[arg(
+        long,
+        env = "SSE_LOAD_BEARER",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    bearer: Option<String>,
+    /// Before opening its stream, each subscriber trades this bearer token for a one-use
+    /// ticket (`POST /auth/ticket` on the stream's host, on a connection of its own) and
+    /// appends `ticket=...` to the stream's URL, as a browser's EventSource would.
+    #[arg(
+        long,
+        env = "SSE_LOAD_TICKET_BEARER",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    ticket_bearer: Option<String>,
     /// Exit 1 when anything was lost, duplicated, failed or dropped (without it, exit 1 only
     /// when no connection became ready).
     #[arg(long)]
@@ -230,8 +263,8 @@ fn main() -> ExitCode {
 
 /// Checked inputs shared by all modes.
 struct Setup {
-    sub: Arc<UrlTemplate>,
-    publish: Option<Arc<UrlTemplate>>,
+    sub: Vec<Arc<UrlTemplate>>,
+    publish: Vec<Arc<UrlTemplate>>,
     pids: Vec<u32>,
 }
 
@@ -242,14 +275,20 @@ fn setup(
     needs_pub: bool,
     extra_fds: usize,
 ) -> Result<Setup, Usage> {
-    let sub = UrlTemplate::parse(&c.sub).map_err(|e| Usage(format!("--sub: {e}")))?;
-    let publish = match (&c.publish, needs_pub) {
-        (Some(p), _) => Some(Arc::new(
-            UrlTemplate::parse(p).map_err(|e| Usage(format!("--pub: {e}")))?,
-        )),
-        (None, true) => return Err(Usage("--pub is required in this mode".into())),
-        (None, false) => None,
+    let parse = |flag: &str, urls: &[String]| -> Result<Vec<Arc<UrlTemplate>>, Usage> {
+        urls.iter()
+            .map(|u| {
+                UrlTemplate::parse(u)
+                    .map(Arc::new)
+                    .map_err(|e| Usage(format!("{flag}: {e}")))
+            })
+            .collect()
     };
+    let sub = parse("--sub", &c.sub)?;
+    let publish = parse("--pub", &c.publish)?;
+    if needs_pub && publish.is_empty() {
+        return Err(Usage("--pub is required in this mode".into()));
+    }
     if conns == 0 {
         return Err(Usage("--conns must be at least 1".into()));
     }
@@ -264,7 +303,7 @@ fn setup(
     if let Err(e) = procstat::sample(&pids) {
         return Err(Usage(format!("cannot read server process figures: {e}")));
     }
-    if users > 1 && (!sub.uses_user() || publish.as_ref().is_some_and(|p| !p.uses_user())) {
+    if users > 1 && sub.iter().chain(&publish).any(|t| !t.uses_user()) {
         eprintln!("WARNING: {users} users but a template has no {{user}}: users share one URL");
     }
     if !pids.is_empty() {
@@ -278,11 +317,7 @@ fn setup(
             need - conns as u64
         );
     }
-    Ok(Setup {
-        sub: Arc::new(sub),
-        publish,
-        pids,
-    })
+    Ok(Setup { sub, publish, pids })
 }
 
 fn sample(pids: &[u32]) -> procstat::Sample {
@@ -335,7 +370,7 @@ fn round3(x: f64) -> f64 {
 /// phase timeout, until each is ready or failed.
 async fn open_conns(
     c: &Common,
-    tpl: &UrlTemplate,
+    tpls: &[Arc<UrlTemplate>],
     conns: usize,
     shared: &Arc<Shared>,
     stop: &watch::Receiver<bool>,
@@ -345,14 +380,13 @@ async fn open_conns(
     let deadline = start + c.timeout;
     let sem = Arc::new(Semaphore::new(c.connect_concurrency.max(1)));
     let mut handles = Vec::with_capacity(conns);
+    let targets: Arc<[Arc<UrlTemplate>]> = tpls.into();
     for conn in 0..conns {
-        let user = conn % shared.users;
-        let path = tpl.render(shared.user_base + user, conn);
         let spec = SubSpec {
-            user,
-            target: tpl.addr,
-            source: client::source_for(conn, c.source_addrs, tpl.addr),
-            request: client::sub_request(&tpl.host_header, &path),
+            user: conn % shared.users,
+            conn,
+            targets: targets.clone(),
+            source_addrs: c.source_addrs,
         };
         handles.push(tokio::spawn(client::run_sub(
             spec,
@@ -360,6 +394,7 @@ async fn open_conns(
             sem.clone(),
             deadline,
             stop.clone(),
+            c.timeout,
         )));
     }
     let mut last_print = Instant::now();
@@ -457,6 +492,7 @@ fn common_json(c: &Common, pids: &[u32]) -> Value {
     json!({
         "sub": c.sub,
         "pub": c.publish,
+        "reconnect": c.reconnect,
         "pids": pids,
         "source_addrs": c.source_addrs,
         "timeout_s": c.timeout.as_secs_f64(),
@@ -473,15 +509,25 @@ fn run_tag() -> Vec<u8> {
     payload::run_tag(nanos ^ std::process::id().rotate_left(16))
 }
 
+/// The shared state of a run, with the tokens of `c`.
+fn new_shared(c: &Common, users: usize, messages: usize) -> Shared {
+    let mut sh = Shared::new(users, messages, run_tag());
+    sh.bearer.clone_from(&c.bearer);
+    sh.ticket_bearer.clone_from(&c.ticket_bearer);
+    sh.reconnect = c.reconnect;
+    sh
+}
+
 async fn run_hold(a: HoldArgs) -> Result<(Value, bool), Usage> {
     let c = &a.common;
     let users = a.users.unwrap_or(a.conns).max(1);
     let s = setup(c, a.conns, users, false, 0)?;
     eprintln!(
         "hold: {} connections over {users} users to {}",
-        a.conns, c.sub
+        a.conns,
+        c.sub.join(" ")
     );
-    let shared = Arc::new(Shared::new(users, 0, run_tag()));
+    let shared = Arc::new(new_shared(c, users, 0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let before = sample(&s.pids);
     let self_before = procstat::pss_kib(std::process::id()).unwrap_or(0);
@@ -577,12 +623,13 @@ struct PhaseCfg {
     size: usize,
     timeout: Duration,
     drain: Duration,
+    rebalance_after: Option<Duration>,
 }
 
 /// Publishes on schedule, drains, and measures server CPU over that window.
 async fn publish_phase(
     shared: &Arc<Shared>,
-    tpl: Arc<UrlTemplate>,
+    tpls: Vec<Arc<UrlTemplate>>,
     pids: &[u32],
     cfg: PhaseCfg,
 ) -> Published {
@@ -592,7 +639,16 @@ async fn publish_phase(
         size,
         timeout,
         drain,
+        rebalance_after,
     } = cfg;
+    if let Some(after) = rebalance_after {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!("rebalancing: streams away from their first target move back");
+            shared.rebalance.store(true, Relaxed);
+        });
+    }
     let cpu_before = sample(pids);
     let me = std::process::id();
     let client_before = procstat::cpu_ms(me).unwrap_or(0.0);
@@ -603,7 +659,7 @@ async fn publish_phase(
         "publishing {} messages, one every {:?}, over {pool} connection(s)",
         shared.messages, period
     );
-    let stats = publisher::publish_all(tpl, shared.clone(), pool, period, size, deadline).await;
+    let stats = publisher::publish_all(tpls, shared.clone(), pool, period, size, deadline).await;
     eprintln!(
         "published: {} acked, {} failed, {} skipped in {:.2}s (max {:.1} ms behind schedule)",
         stats.acked,
@@ -632,9 +688,7 @@ async fn run_latency(a: LatencyArgs) -> Result<(Value, bool), Usage> {
         ));
     }
     let s = setup(c, a.conns, a.users, true, a.pub_conns)?;
-    let Some(pub_tpl) = s.publish.clone() else {
-        return Err(Usage("--pub is required".into()));
-    };
+    let pub_tpl = s.publish.clone();
     eprintln!(
         "latency: {} connections over {} users, {} messages at {}/s to {}",
         a.conns,
@@ -643,7 +697,7 @@ async fn run_latency(a: LatencyArgs) -> Result<(Value, bool), Usage> {
         a.rate,
         c.pub_url()
     );
-    let shared = Arc::new(Shared::new(a.users, a.messages, run_tag()));
+    let shared = Arc::new(new_shared(c, a.users, a.messages));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut opened = open_conns(c, &s.sub, a.conns, &shared, &stop_rx).await;
     tokio::time::sleep(a.settle).await;
@@ -654,6 +708,7 @@ async fn run_latency(a: LatencyArgs) -> Result<(Value, bool), Usage> {
         size: a.size,
         timeout: c.timeout,
         drain: a.drain,
+        rebalance_after: c.rebalance_after,
     };
     let p = publish_phase(&shared, pub_tpl, &s.pids, cfg).await;
     let (lost, expected) = shared.missing_and_expected();
@@ -686,6 +741,18 @@ async fn run_latency(a: LatencyArgs) -> Result<(Value, bool), Usage> {
         "load generator CPU {:.0} ms over the publish phase",
         p.client_cpu_ms
     );
+    let reconnects = shared.reconnects.load(Relaxed);
+    if reconnects > 0 {
+        let h = shared
+            .recover_us
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| client::new_histogram());
+        eprintln!(
+            "{reconnects} reconnections; {}",
+            hist_line("drop -> new stream", &h)
+        );
+    }
     let dropped = shared.dropped.load(Relaxed);
     close_all(&stop_tx, std::mem::take(&mut opened.handles), c.timeout).await;
     let ok = lost == 0 && dup == 0 && opened.failed == 0 && dropped == 0 && p.stats.failed == 0;
@@ -713,6 +780,9 @@ async fn run_latency(a: LatencyArgs) -> Result<(Value, bool), Usage> {
         "unexpected": shared.unexpected.load(Relaxed),
         "foreign_events": shared.foreign.load(Relaxed),
         "dropped": dropped,
+        "reconnects": shared.reconnects.load(Relaxed),
+        "moved": shared.moved.load(Relaxed),
+        "recover": shared.recover_us.lock().map(|h| hist_json(&h)).unwrap_or(Value::Null),
         "errors": shared.errors_snapshot(),
         "lost": lost,
         "duplicated": dup,
@@ -726,9 +796,7 @@ async fn run_fanout(a: FanoutArgs) -> Result<(Value, bool), Usage> {
         return Err(Usage("--messages and --interval must be positive".into()));
     }
     let s = setup(c, a.conns, 1, true, 1)?;
-    let Some(pub_tpl) = s.publish.clone() else {
-        return Err(Usage("--pub is required".into()));
-    };
+    let pub_tpl = s.publish.clone();
     eprintln!(
         "fanout: {} connections of user {}, {} messages every {:?} to {}",
         a.conns,
@@ -737,7 +805,7 @@ async fn run_fanout(a: FanoutArgs) -> Result<(Value, bool), Usage> {
         a.interval,
         c.pub_url()
     );
-    let mut sh = Shared::new(1, a.messages, run_tag());
+    let mut sh = new_shared(c, 1, a.messages);
     sh.user_base = a.user;
     let shared = Arc::new(sh);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -749,6 +817,7 @@ async fn run_fanout(a: FanoutArgs) -> Result<(Value, bool), Usage> {
         size: a.size,
         timeout: c.timeout,
         drain: a.drain,
+        rebalance_after: c.rebalance_after,
     };
     let p = publish_phase(&shared, pub_tpl, &s.pids, cfg).await;
     let (lost, expected) = shared.missing_and_expected();
@@ -824,8 +893,12 @@ async fn run_fanout(a: FanoutArgs) -> Result<(Value, bool), Usage> {
 }
 
 impl Common {
-    fn pub_url(&self) -> &str {
-        self.publish.as_deref().unwrap_or("-")
+    fn pub_url(&self) -> String {
+        if self.publish.is_empty() {
+            "-".into()
+        } else {
+            self.publish.join(" ")
+        }
     }
 }
 

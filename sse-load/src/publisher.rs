@@ -18,6 +18,8 @@ use tokio::time::Instant;
 /// One keep-alive publishing connection.
 pub struct PubConn {
     tpl: Arc<UrlTemplate>,
+    /// The `Authorization` header line, when publishing with a bearer token.
+    auth: String,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
     reused: bool,
@@ -44,9 +46,10 @@ impl PostError {
 
 impl PubConn {
     /// A connection to the template's target, opened on first use.
-    pub fn new(tpl: Arc<UrlTemplate>) -> Self {
+    pub fn new(tpl: Arc<UrlTemplate>, bearer: Option<&str>) -> Self {
         PubConn {
             tpl,
+            auth: bearer.map_or_else(String::new, |b| format!("Authorization: Bearer {b}\r\n")),
             stream: None,
             buf: Vec::with_capacity(4096),
             reused: false,
@@ -57,8 +60,9 @@ impl PubConn {
     /// connection turns out closed before any response byte arrived.
     pub async fn post(&mut self, path: &str, body: &[u8]) -> Result<u16, PostError> {
         let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nUser-Agent: sse-load\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\nUser-Agent: sse-load\r\n\r\n",
             self.tpl.host_header,
+            self.auth,
             body.len()
         )
         .into_bytes();
@@ -196,25 +200,29 @@ pub struct PubStats {
     pub elapsed: Duration,
 }
 
-/// Publishes `shared.messages` messages over `pool` connections, message `seq` to user
-/// `seq % users`, due at `start + seq * period`; nothing is sent after `deadline`.
+/// Publishes `shared.messages` messages over `pool` connections (connection i to template
+/// i mod their number), message `seq` to user `seq % users`, due at `start + seq * period`;
+/// nothing is sent after `deadline`.
 pub async fn publish_all(
-    tpl: Arc<UrlTemplate>,
+    tpls: Vec<Arc<UrlTemplate>>,
     shared: Arc<Shared>,
     pool: usize,
     period: Duration,
     size: usize,
     deadline: Instant,
 ) -> PubStats {
+    if tpls.is_empty() {
+        return PubStats::default();
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now() + Duration::from_millis(5);
     let mut handles = Vec::new();
     for worker in 0..pool.max(1) {
-        let tpl = tpl.clone();
+        let tpl = tpls[worker % tpls.len().max(1)].clone();
         let shared = shared.clone();
         let next = next.clone();
         handles.push(tokio::spawn(async move {
-            let mut conn = PubConn::new(tpl.clone());
+            let mut conn = PubConn::new(tpl.clone(), shared.bearer.as_deref());
             let mut st = PubStats::default();
             loop {
                 let seq = next.fetch_add(1, Relaxed);
@@ -253,7 +261,7 @@ pub async fn publish_all(
                     Err(_) => {
                         shared.error("publish_timeout");
                         st.failed += 1;
-                        conn = PubConn::new(tpl.clone());
+                        conn = PubConn::new(tpl.clone(), shared.bearer.as_deref());
                     }
                 }
             }
