@@ -195,6 +195,27 @@ pub struct Config {
     #[arg(long, env = "SSE_KAFKA_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub kafka_timeout: Duration,
 
+    /// Longest the Kafka consumer's fetch waits at the broker for new records. Kafka answers
+    /// as soon as a record arrives, so this costs no latency there; a broker that holds every
+    /// fetch for this long (tansu 0.6.0) adds up to it to each delivery.
+    #[arg(long, env = "SSE_KAFKA_FETCH_WAIT", default_value = "100ms", value_parser = parse_duration)]
+    pub kafka_fetch_wait: Duration,
+
+    /// Records per partition an instance reads back from the Kafka log at start-up (within
+    /// `--history-ttl`) into the histories, so clients resuming here get what they missed.
+    #[arg(long, env = "SSE_KAFKA_HISTORY_RECORDS", default_value_t = 10_000)]
+    pub kafka_history_records: u64,
+
+    /// Most records an instance may be behind the Kafka log's end and still be ready
+    /// (`/readyz`); it is not ready either before its read-back is done.
+    #[arg(long, env = "SSE_KAFKA_READY_LAG", default_value_t = 1_000)]
+    pub kafka_ready_lag: u64,
+
+    /// How often the Kafka topics' partitions are listed again, so added partitions are
+    /// consumed without a restart.
+    #[arg(long, env = "SSE_KAFKA_METADATA_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    pub kafka_metadata_refresh: Duration,
+
     /// Folder of the built dashboard, served at `/` when it exists.
     #[arg(
         long,

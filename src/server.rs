@@ -86,6 +86,12 @@ pub async fn run(
                 topic_v4: config.kafka_topic_v4.clone(),
                 timeout: config.kafka_timeout,
                 max_message_bytes: config.max_body_bytes as usize,
+                history_ttl: config.history_ttl,
+                history_records: config.kafka_history_records,
+                ready_lag: config.kafka_ready_lag,
+                metadata_refresh: config.kafka_metadata_refresh,
+                fetch_wait: config.kafka_fetch_wait,
+                start_ms: crate::bus::partitions::now_ms(),
             };
             tracing::info!(%brokers, topic_v3 = %kafka.topic_v3, topic_v4 = %kafka.topic_v4, "kafka on");
             KafkaBus::start(

@@ -35,10 +35,14 @@ const READY_PING_LIMIT: Duration = Duration::from_secs(2);
 async fn readyz(State(state): State<AppState>) -> Response {
     let shutting_down = state.shutdown.is_cancelled();
     let (store_ok, store) = store_check(&state).await;
-    let (bus_ok, kafka) = match state.bus.health() {
+    let (bus_ok, kafka) = match state.bus.readiness() {
         BusHealth::Disabled => (true, json!("disabled")),
         BusHealth::Ok => (true, json!("ok")),
         BusHealth::Down(error) => (false, down(&state, error)),
+        BusHealth::CatchingUp { remaining, lag } => (
+            false,
+            json!({ "status": "catching up", "readBackRemaining": remaining, "lag": lag }),
+        ),
     };
     let checks = json!({
         "hub": if shutting_down { "shutting down" } else { "ok" },
@@ -82,6 +86,7 @@ fn down(state: &AppState, error: String) -> Value {
 async fn metrics(caller: Caller, State(state): State<AppState>) -> Result<Response, AppError> {
     caller.admin()?;
     let mut text = state.metrics.render();
+    text.push_str(&state.bus.metrics_text());
     let (conns, topics) = state.hub.registry_size();
     text.push_str(&format!(
         "# HELP sse_hub_registered_connections Connections registered in the Hub.\n# TYPE sse_hub_registered_connections gauge\nsse_hub_registered_connections {conns}\n# HELP sse_hub_users Users (per channel) with a connection or a live history.\n# TYPE sse_hub_users gauge\nsse_hub_users {topics}\n"

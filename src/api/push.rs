@@ -72,9 +72,15 @@ pub fn last_event_id<'a>(headers: &'a HeaderMap, query: &'a Query) -> Result<Opt
     }
 }
 
+/// Longest a stream resuming with `Last-Event-ID` waits for the bus to catch up with its log
+/// (an instance just started, reading back what clients may have missed, or behind the
+/// instance the client came from); after it the stream opens anyway, with `event: reset` if
+/// what it missed is not there.
+const RESUME_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens `user`'s stream on `channel` within the limits: the global and per-address ones
 /// (`client`), then the per-user one (in the Hub). A refusal registers nothing.
-pub fn open_stream(
+pub async fn open_stream(
     state: &AppState,
     client: &Client,
     channel: Channel,
@@ -84,6 +90,14 @@ pub fn open_stream(
     expires: Option<std::time::SystemTime>,
 ) -> Result<Response> {
     let permit = state.open_stream(client)?;
+    if let Some(last) = last_event_id
+        && !state.bus.wait_caught_up(channel, last, RESUME_WAIT).await
+    {
+        tracing::debug!(
+            channel = channel.as_str(),
+            "resuming before the bus caught up with its log"
+        );
+    }
     let kill = kill.map(|Extension(k)| k.0);
     let subscription = state
         .hub
@@ -159,7 +173,7 @@ async fn subscribe(
     caller.act_as(user.as_str())?;
     let last = last_event_id(&headers, &query)?;
     let expires = caller.0.expires;
-    open_stream(&state, &client, channel, user.as_str(), last, kill, expires)
+    open_stream(&state, &client, channel, user.as_str(), last, kill, expires).await
 }
 
 fn event_name(query: &Query) -> Result<Option<EventName>> {

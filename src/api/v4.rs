@@ -76,7 +76,7 @@ async fn subscribe(
     let last = last_event_id(&headers, &query)?;
     let user = user.to_string();
     let expires = caller.0.expires;
-    open_stream(&state, &client, Channel::V4, &user, last, kill, expires)
+    open_stream(&state, &client, Channel::V4, &user, last, kill, expires).await
 }
 
 /// Creating and changing reports count as publishes (`--publish-rate`): each sends an event.

@@ -5,10 +5,17 @@
 //! Decisions:
 //! - **No consumer group.** Each instance assigns itself all partitions (a shared group would
 //!   split the messages between instances) and never commits offsets.
-//! - **Start position.** When the broker is first reached, each partition starts at its end
-//!   (high watermark), so a restarted instance does not replay the topic to live users, and
-//!   every message produced after that point is delivered. POSTs are refused (503) until this
-//!   assignment is done, so a message accepted by this instance is never skipped by it.
+//! - **The log, read back.** When a partition is first assigned, the consumer starts at the
+//!   recent past: the first record of the last `--history-ttl` (found by timestamp), at most
+//!   `--kafka-history-records` records before the end. Records from before this process
+//!   started go into the histories only, so a client resuming here with `Last-Event-ID` gets
+//!   exactly what it missed, even on a restarted or new instance; every record produced after
+//!   the start is delivered to the open streams, however late the broker appears (see
+//!   [`super::partitions`]). `/readyz` says 503 until the read-back is done and the lag is at
+//!   most `--kafka-ready-lag`.
+//! - **Partitions added** to a topic are found by a metadata refresh every
+//!   `--kafka-metadata-refresh` and consumed from their start of the same rule, so no record
+//!   in them is missed.
 //! - **Ids are Kafka positions** (`{partition}-{offset}`): the same message has the same id on
 //!   every instance, so a client can resume on another instance with `Last-Event-ID`.
 //! - **Wire format** (both topics): key = user, value = `user:message`, split at the FIRST `:`;
@@ -36,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::keys::MessageKeys;
+use super::partitions::{self, Kind, Part, Partitions};
 use super::{Bus, BusError, BusHealth, Delivery, Message};
 use crate::domain::{Channel, EventId, EventName, Username};
 use crate::hub::Hub;
@@ -66,6 +74,18 @@ pub struct KafkaConfig {
     pub timeout: Duration,
     /// Largest accepted message (as for HTTP bodies).
     pub max_message_bytes: usize,
+    /// How far back in time the read-back goes (the histories' lifetime).
+    pub history_ttl: Duration,
+    /// At most this many records per partition are read back.
+    pub history_records: u64,
+    /// Most records behind the end for the instance to be ready.
+    pub ready_lag: u64,
+    /// How often the topics' partitions are listed again.
+    pub metadata_refresh: Duration,
+    /// Longest a fetch waits at the broker for new records (`fetch.wait.max.ms`).
+    pub fetch_wait: Duration,
+    /// When this process started (milliseconds since the epoch): records from then on are live.
+    pub start_ms: i64,
 }
 
 /// State shared by the bus, its consumer task and its health probe.
@@ -102,6 +122,7 @@ pub struct KafkaBus {
     hub: Hub,
     config: KafkaConfig,
     shared: Arc<Shared>,
+    partitions: Arc<Partitions>,
 }
 
 impl KafkaBus {
@@ -143,8 +164,13 @@ impl KafkaBus {
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "latest")
-            .set("fetch.wait.max.ms", "100")
+            // A position the log no longer holds (retention, a recreated topic): start over at
+            // its beginning; records from before this process started are not sent live.
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "fetch.wait.max.ms",
+                config.fetch_wait.as_millis().max(1).to_string(),
+            )
             .set("reconnect.backoff.max.ms", "1000")
             .create()?;
         let shared = Arc::new(Shared {
@@ -158,15 +184,32 @@ impl KafkaBus {
             (config.topic_v4.clone(), Channel::V4),
         ];
         let consumer = Arc::new(consumer);
+        let partitions = Arc::new(Partitions::new(
+            config.start_ms,
+            config.history_ttl,
+            config.ready_lag,
+        ));
         tasks.spawn(consume(
             consumer.clone(),
-            topics,
+            topics.clone(),
             Sink {
                 hub: hub.clone(),
                 keys,
                 metrics,
             },
             config.max_message_bytes,
+            partitions.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(track(
+            consumer,
+            topics.into_iter().map(|(t, _)| t).collect(),
+            ReadBack {
+                ttl: config.history_ttl,
+                records: config.history_records,
+            },
+            config.metadata_refresh,
+            partitions.clone(),
             shared.clone(),
             shutdown.clone(),
         ));
@@ -181,6 +224,7 @@ impl KafkaBus {
             hub,
             config,
             shared,
+            partitions,
         }))
     }
 
@@ -256,6 +300,49 @@ impl Bus for KafkaBus {
             Err(e) => BusHealth::Down(e),
         }
     }
+
+    fn readiness(&self) -> BusHealth {
+        match self.health() {
+            BusHealth::Ok => {}
+            other => return other,
+        }
+        let p = self.partitions.progress();
+        if p.caught_up {
+            BusHealth::Ok
+        } else {
+            BusHealth::CatchingUp {
+                remaining: p.remaining,
+                lag: p.lag,
+            }
+        }
+    }
+
+    async fn wait_caught_up(&self, channel: Channel, last_event_id: &str, limit: Duration) -> bool {
+        let Some(topic) = self.topic_of(channel) else {
+            return true;
+        };
+        let start = tokio::time::Instant::now();
+        if !self.partitions.wait_caught_up(limit).await {
+            return false;
+        }
+        // A Kafka position (`partition-offset`): also wait for that very record.
+        match EventId::parse_pair(last_event_id) {
+            Some((partition, offset)) => match (i32::try_from(partition), i64::try_from(offset)) {
+                (Ok(partition), Ok(offset)) => {
+                    let left = limit.saturating_sub(start.elapsed());
+                    self.partitions
+                        .wait_consumed(topic, partition, offset, left)
+                        .await
+                }
+                _ => true,
+            },
+            None => true,
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        self.partitions.render_metrics()
+    }
 }
 
 impl Drop for KafkaBus {
@@ -264,42 +351,16 @@ impl Drop for KafkaBus {
     }
 }
 
-/// Positions the consumer at the end of every partition of every topic, retrying until the
-/// broker answers, then hands every message to the Hub until shutdown.
+/// Hands every consumed record to the Hub, live or for replay only (see
+/// [`super::partitions`]), until shutdown. Partitions are assigned by [`track`].
 async fn consume(
     consumer: Arc<StreamConsumer>,
     topics: Vec<(String, Channel)>,
     sink: Sink,
     max_bytes: usize,
-    shared: Arc<Shared>,
+    partitions: Arc<Partitions>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
-        let c = consumer.clone();
-        let assigned = tokio::task::spawn_blocking(move || assign_at_end(&c, &names)).await;
-        match assigned {
-            Ok(Ok(count)) => {
-                tracing::info!(
-                    partitions = count,
-                    "kafka consumer assigned at the end of every partition"
-                );
-                shared.update(|h| h.assigned = Ok(()));
-                break;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "kafka not ready, retrying");
-                shared.update(|h| h.assigned = Err(e));
-            }
-            Err(e) => tracing::error!(error = %e, "kafka assignment task failed"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
     loop {
         let received = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -314,7 +375,26 @@ async fn consume(
                 else {
                     continue;
                 };
-                sink.handle(&message, channel, max_bytes);
+                let (kind, rewound) = partitions.consumed(
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.timestamp().to_millis(),
+                );
+                if rewound {
+                    // Records below the position again: a broker redelivering (they repeat
+                    // ids the histories hold, and are dropped as repeats), or a log that
+                    // started over (a recreated topic: see the README).
+                    tracing::warn!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "kafka partition went back below the consumed position"
+                    );
+                }
+                if kind != Kind::Stale {
+                    sink.handle(&message, channel, max_bytes, kind == Kind::Live);
+                }
             }
             Err(e) => {
                 // Transport errors are retried by the client itself; keep polling.
@@ -328,35 +408,178 @@ async fn consume(
     }
 }
 
-/// Assigns every partition of `topics` at its high watermark. Blocking (librdkafka calls).
-fn assign_at_end(consumer: &StreamConsumer, topics: &[String]) -> Result<usize, String> {
+/// How much of the log's past is read back into the histories.
+#[derive(Debug, Clone, Copy)]
+struct ReadBack {
+    ttl: Duration,
+    records: u64,
+}
+
+/// Assigns every partition of `topics` (retrying with a capped backoff until the broker
+/// answers), then every second notes each partition's end and the consumer's position, and
+/// every `refresh` looks for partitions added since.
+async fn track(
+    consumer: Arc<StreamConsumer>,
+    topics: Vec<String>,
+    read_back: ReadBack,
+    refresh: Duration,
+    partitions: Arc<Partitions>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let mut listed: Option<tokio::time::Instant> = None;
+    loop {
+        let first = listed.is_none();
+        if listed.is_none_or(|at| at.elapsed() >= refresh) {
+            let (c, names, known) = (consumer.clone(), topics.clone(), partitions.known());
+            let found = tokio::task::spawn_blocking(move || {
+                let new = discover(&c, &names, &known, read_back)?;
+                if !new.is_empty() {
+                    assign(&c, &new, known.is_empty())?;
+                }
+                Ok::<_, String>(new)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match found {
+                Ok(new) => {
+                    listed = Some(tokio::time::Instant::now());
+                    if !new.is_empty() {
+                        let to_read: i64 = new.iter().map(|(_, _, p)| p.target - p.next).sum();
+                        tracing::info!(
+                            partitions = new.len(),
+                            records_to_read_back = to_read,
+                            "kafka partitions assigned"
+                        );
+                        partitions.add(&new);
+                    }
+                    shared.update(|h| h.assigned = Ok(()));
+                }
+                Err(e) if first => {
+                    tracing::warn!(error = %e, "kafka not ready, retrying");
+                    shared.update(|h| h.assigned = Err(e));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "kafka metadata refresh failed"),
+            }
+        }
+        let (c, known) = (consumer.clone(), partitions.known());
+        let ends = tokio::task::spawn_blocking(move || ends(&c, &known))
+            .await
+            .unwrap_or_default();
+        for (topic, partition, high, position) in ends {
+            partitions.observed(&topic, partition, high, position);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The partitions of `topics` not in `known`, each with where its read-back starts and its
+/// end. Blocking (librdkafka calls). Fails when a topic does not exist.
+fn discover(
+    consumer: &StreamConsumer,
+    topics: &[String],
+    known: &[(String, i32)],
+    read_back: ReadBack,
+) -> Result<Vec<(String, i32, Part)>, String> {
     let timeout = Duration::from_secs(3);
-    let mut list = TopicPartitionList::new();
+    let horizon =
+        partitions::now_ms() - i64::try_from(read_back.ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    let mut new = Vec::new();
     for topic in topics {
         let metadata = consumer
             .fetch_metadata(Some(topic), timeout)
             .map_err(|e| format!("cannot read metadata of topic {topic}: {e}"))?;
-        let partitions: Vec<i32> = metadata
+        let ids: Vec<i32> = metadata
             .topics()
             .iter()
             .filter(|t| t.name() == topic && t.error().is_none())
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
-        if partitions.is_empty() {
+        if ids.is_empty() {
             return Err(format!(
                 "topic {topic} does not exist (or has no partitions)"
             ));
         }
-        for partition in partitions {
-            let (_, high) = consumer
+        for partition in ids {
+            if known.iter().any(|(t, p)| t == topic && *p == partition) {
+                continue;
+            }
+            let (low, high) = consumer
                 .fetch_watermarks(topic, partition, timeout)
                 .map_err(|e| format!("cannot read the end of {topic}/{partition}: {e}"))?;
-            list.add_partition_offset(topic, partition, Offset::Offset(high))
+            let mut at = TopicPartitionList::new();
+            at.add_partition_offset(topic, partition, Offset::Offset(horizon))
                 .map_err(|e| e.to_string())?;
+            let by_time = consumer
+                .offsets_for_times(at, timeout)
+                .map_err(|e| format!("cannot find the horizon of {topic}/{partition}: {e}"))?
+                .find_partition(topic, partition)
+                .and_then(|e| offset_of(e.offset()));
+            let start = partitions::read_back_start(low, high, by_time, read_back.records);
+            new.push((topic.clone(), partition, Part::new(start, high)));
         }
     }
-    consumer.assign(&list).map_err(|e| e.to_string())?;
-    Ok(list.count())
+    Ok(new)
+}
+
+/// Assigns `new` partitions at their read-back start: the whole assignment when `first`, else
+/// added to it. Blocking.
+fn assign(
+    consumer: &StreamConsumer,
+    new: &[(String, i32, Part)],
+    first: bool,
+) -> Result<(), String> {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, part) in new {
+        list.add_partition_offset(topic, *partition, Offset::Offset(part.next))
+            .map_err(|e| e.to_string())?;
+    }
+    if first {
+        consumer.assign(&list)
+    } else {
+        consumer.incremental_assign(&list)
+    }
+    .map_err(|e| format!("cannot assign partitions: {e}"))
+}
+
+/// The end of each `known` partition and the consumer's position in it; partitions whose end
+/// cannot be read now are left out. Blocking.
+fn ends(
+    consumer: &StreamConsumer,
+    known: &[(String, i32)],
+) -> Vec<(String, i32, i64, Option<i64>)> {
+    let positions = consumer.position().ok();
+    known
+        .iter()
+        .filter_map(|(topic, partition)| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, *partition, Duration::from_secs(1))
+                .ok()?;
+            let position = positions
+                .as_ref()
+                .and_then(|l| l.find_partition(topic, *partition))
+                .and_then(|e| offset_of(e.offset()));
+            Some((topic.clone(), *partition, high, position))
+        })
+        .collect()
+}
+
+/// A concrete offset (not "end", "beginning" or "invalid").
+fn offset_of(offset: Offset) -> Option<i64> {
+    match offset {
+        Offset::Offset(n) => Some(n),
+        _ => None,
+    }
 }
 
 /// Checks every second that the broker answers the producer's client, for `/readyz` and to
@@ -402,7 +625,14 @@ struct Sink {
 
 impl Sink {
     /// Hands one consumed message to the Hub, or skips it as a repeat or as poison.
-    fn handle(&self, message: &BorrowedMessage<'_>, channel: Channel, max_bytes: usize) {
+    /// `live`: sent to the open streams too; else kept for replay only (read back).
+    fn handle(
+        &self,
+        message: &BorrowedMessage<'_>,
+        channel: Channel,
+        max_bytes: usize,
+        live: bool,
+    ) {
         let (partition, offset) = (message.partition(), message.offset());
         match parse(message, max_bytes) {
             Ok(Parsed {
@@ -421,8 +651,13 @@ impl Sink {
                         return;
                     }
                 }
-                self.hub
-                    .publish_with_id(channel, user.as_str(), event.as_ref(), data, id);
+                if live {
+                    self.hub
+                        .publish_with_id(channel, user.as_str(), event.as_ref(), data, id);
+                } else {
+                    self.hub
+                        .remember_with_id(channel, user.as_str(), event.as_ref(), data, id);
+                }
             }
             Err(reason) => {
                 self.metrics.kafka_poison.add(channel, 1);

@@ -7,6 +7,7 @@
 
 pub mod kafka;
 pub mod keys;
+pub mod partitions;
 pub mod relay;
 
 use async_trait::async_trait;
@@ -67,6 +68,14 @@ pub enum BusHealth {
     Ok,
     /// Not usable right now, with the reason.
     Down(String),
+    /// Usable, but still reading the log's recent past (`remaining` records) or behind its
+    /// end (`lag` records): a client resuming here might not find what it missed yet.
+    CatchingUp {
+        /// Records still to read back.
+        remaining: u64,
+        /// Records not yet consumed.
+        lag: u64,
+    },
 }
 
 /// Carries messages to the Hubs of every instance.
@@ -75,8 +84,32 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes `message`; returns once it is delivered locally or acknowledged by the broker.
     async fn publish(&self, message: Message) -> Result<Delivery, BusError>;
 
-    /// Current health.
+    /// Whether publishing works now (`Ok` or `Down`).
     fn health(&self) -> BusHealth;
+
+    /// Whether this instance is ready for clients: [`Bus::health`], and caught up with the
+    /// log (else [`BusHealth::CatchingUp`]).
+    fn readiness(&self) -> BusHealth {
+        self.health()
+    }
+
+    /// Waits, at most `limit`, until a stream of `channel` resuming here after `last_event_id`
+    /// can find what it missed: the bus has caught up with its log, and has consumed the
+    /// record that id names (the client may have seen it on another instance that was ahead).
+    /// Whether it can.
+    async fn wait_caught_up(
+        &self,
+        _channel: Channel,
+        _last_event_id: &str,
+        _limit: std::time::Duration,
+    ) -> bool {
+        true
+    }
+
+    /// Extra Prometheus lines of the bus.
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
 }
 
 /// Hands `m` to this instance's Hub: with its own id when it has one (a repeat of an id the

@@ -304,6 +304,33 @@ impl Hub {
         id: EventId,
     ) -> Published {
         self.inner.metrics.published.add(channel, 1);
+        self.with_id(channel, user, event, data, id, true)
+    }
+
+    /// Keeps a message that was published before this process started (read back from the
+    /// Kafka log) in the user's history, for clients that resume here, without sending it to
+    /// the streams open now: they never missed it. A message already held is left alone.
+    pub fn remember_with_id(
+        &self,
+        channel: Channel,
+        user: &str,
+        event: Option<&EventName>,
+        data: &str,
+        id: EventId,
+    ) {
+        self.with_id(channel, user, event, data, id, false);
+    }
+
+    /// [`Hub::publish_with_id`] (`live`) or [`Hub::remember_with_id`].
+    fn with_id(
+        &self,
+        channel: Channel,
+        user: &str,
+        event: Option<&EventName>,
+        data: &str,
+        id: EventId,
+        live: bool,
+    ) -> Published {
         let inner = &self.inner;
         let shard = self.shard_of(channel, user);
         let mut guard = lock(&inner.shards[shard]);
@@ -317,7 +344,12 @@ impl Hub {
         }
         let seq = inner.next_seq();
         let frame = sse::encode_event(Some(&id), event, data);
-        let delivered = inner.deliver(topic, channel, seq, &id, &frame);
+        let delivered = if live {
+            inner.deliver(topic, channel, seq, &id, &frame)
+        } else {
+            inner.record(topic, seq, &id, &frame);
+            0
+        };
         inner.free_if_unused(&mut guard, channel, user);
         Published {
             delivered,
@@ -716,6 +748,34 @@ mod tests {
                 .delivered,
             0
         );
+    }
+
+    #[tokio::test]
+    async fn remembered_messages_are_replayed_but_never_sent_live() {
+        use futures_util::FutureExt;
+        let hub = hub(8, 10);
+        let mut live = hub.subscribe(Channel::V3, "u", None, None).unwrap();
+        next_text(&mut live).await;
+        for offset in 1..=3 {
+            let id = EventId::pair(0, offset);
+            hub.remember_with_id(Channel::V3, "u", None, &format!("old {offset}"), id);
+        }
+        // Read back twice (a second read-back after a gap): held once.
+        hub.remember_with_id(Channel::V3, "u", None, "old 3", EventId::pair(0, 3));
+        assert!(
+            live.frame().now_or_never().is_none(),
+            "a read-back reached a live stream"
+        );
+        let mut resumed = hub.subscribe(Channel::V3, "u", Some("0-1"), None).unwrap();
+        let text = ready_text(&mut resumed).await;
+        assert!(
+            text.ends_with("id: 0-2\ndata: old 2\n\nid: 0-3\ndata: old 3\n\n"),
+            "{text}"
+        );
+        // A live message after the read-back reaches both.
+        hub.publish_with_id(Channel::V3, "u", None, "new", EventId::pair(0, 4));
+        assert!(next_text(&mut live).await.ends_with("data: new\n\n"));
+        assert!(next_text(&mut resumed).await.ends_with("data: new\n\n"));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use crate::tansu::{Broker, RawProducer, unused_port};
 
 const READY_WAIT: Duration = Duration::from_secs(60);
 
-async fn kafka_server(broker: &str) -> TestServer {
+pub(crate) async fn kafka_server(broker: &str) -> TestServer {
     let broker = broker.to_owned();
     let server = TestServer::start_with(move |c| {
         c.kafka_brokers = Some(broker);
@@ -22,7 +22,7 @@ async fn kafka_server(broker: &str) -> TestServer {
 }
 
 /// Waits until `/readyz` reports kafka as usable (`up`) or as down.
-async fn wait_kafka(server: &TestServer, up: bool) -> Duration {
+pub(crate) async fn wait_kafka(server: &TestServer, up: bool) -> Duration {
     let start = Instant::now();
     loop {
         let (status, body) = server.get_json("/readyz").await;
@@ -428,7 +428,7 @@ async fn wait_child_metric(server: &crate::support::ChildServer, sample: &str, v
 }
 
 /// A server process with `args` (which name the broker), once its Kafka bus is ready.
-async fn child_on_kafka(args: &[&str]) -> crate::support::ChildServer {
+pub(crate) async fn child_on_kafka(args: &[&str]) -> crate::support::ChildServer {
     let server = crate::support::ChildServer::start(args).await;
     wait_child_kafka(&server.url("/readyz")).await;
     server

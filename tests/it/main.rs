@@ -8,6 +8,7 @@ mod tansu;
 mod auth;
 mod input;
 mod kafka;
+mod kafka_log;
 mod lean;
 mod limits;
 mod memory;

@@ -131,6 +131,38 @@ impl Broker {
         assert!(status.success(), "cannot create topic {topic}");
     }
 
+    /// Adds a partition to `topic` while the broker runs. tansu 0.6.0 has no CreatePartitions
+    /// API, so this makes the change its topic creation makes, in its storage: the partition
+    /// count its metadata answers with, the partition's row and its watermark. Returns the new
+    /// partition's number.
+    pub fn add_partition(&self, topic: &str) -> i32 {
+        let db = rusqlite::Connection::open(self.dir.path().join("broker.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        let (id, count): (i64, i32) = db
+            .query_row(
+                "select id, partitions from topic where name = ?1",
+                [topic],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        db.execute(
+            "insert into topition (topic, partition) values (?1, ?2)",
+            rusqlite::params![id, count],
+        )
+        .unwrap();
+        db.execute(
+            "insert into watermark (topition) select id from topition where topic = ?1 and partition = ?2",
+            rusqlite::params![id, count],
+        )
+        .unwrap();
+        db.execute(
+            "update topic set partitions = ?1 where id = ?2",
+            rusqlite::params![count + 1, id],
+        )
+        .unwrap();
+        count
+    }
+
     /// Kills the broker (SIGKILL by PID) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
