@@ -82,6 +82,16 @@ pub struct Config {
     #[arg(long, env = "SSE_BIND", default_value = "127.0.0.1:3000")]
     pub bind: SocketAddr,
 
+    /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1, chosen by ALPN) instead of
+    /// cleartext. Needs `--tls-key`. Both files are read again on SIGHUP and when they change,
+    /// so a renewal does not cut open streams.
+    #[arg(long, env = "SSE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "SSE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Interval between `data: hi!` events on /v1/sse.
     #[arg(long, env = "SSE_V1_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub v1_interval: Duration,

@@ -74,7 +74,11 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
         Command::Serve => {
             let checked = config.check_exposure().and_then(|()| {
                 let auth = config.auth_config()?;
-                server_sent_events::auth::Auth::new(&auth).map(drop)
+                server_sent_events::auth::Auth::new(&auth)?;
+                if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+                    server_sent_events::net::tls::Tls::load(cert, key)?;
+                }
+                Ok(())
             });
             if let Err(message) = checked {
                 eprintln!("server_sent_events: {message}");

@@ -134,11 +134,21 @@ pub async fn run(
     background.spawn(hub.clone().run_maintenance(config.keep_alive, stop.clone()));
     background.spawn(relay.clone().run(stop.clone()));
 
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(net::tls::Tls::load(cert, key).map_err(std::io::Error::other)?);
+            background.spawn(tls.clone().watch(stop.clone()));
+            tracing::info!(cert = %cert.display(), "HTTPS on (HTTP/2 and HTTP/1.1)");
+            Some(tls)
+        }
+        _ => None,
+    };
     let net_settings = net::Settings {
         grace: config.shutdown_timeout,
         write_timeout: config.write_timeout,
         max_open,
         metrics: state.metrics.clone(),
+        tls,
     };
     let app = api::app(state);
     let trigger = async {

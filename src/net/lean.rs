@@ -821,6 +821,7 @@ mod tests {
                 write_timeout: std::time::Duration::from_secs(30),
                 max_open: None,
                 metrics: Default::default(),
+                tls: None,
             },
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_SLOTS)),
         };

@@ -1,5 +1,7 @@
 //! The transport: the accept loop, serving each TCP connection (the [`lean`] HTTP/1.1 SSE path
-//! first, [`hyper_conn`] for everything else) and closing connections at shutdown.
+//! first, [`hyper_conn`] for everything else: other HTTP/1.1 requests, cleartext HTTP/2 with
+//! prior knowledge, and HTTPS with HTTP/2 or HTTP/1.1 when [`tls`] is configured) and closing
+//! connections at shutdown.
 //!
 //! The accept loop is our own (hyper-util) rather than `axum::serve` so that each connection
 //! carries a [`ConnectionKill`] token: the Hub fires it to drop a client that stopped reading,
@@ -10,6 +12,7 @@
 
 pub mod hyper_conn;
 pub mod lean;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +44,8 @@ pub struct Settings {
     pub max_open: Option<usize>,
     /// Counters for write timeouts and connections refused at accept.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Serve HTTPS (`--tls-cert`): every connection starts with a TLS handshake.
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 /// File descriptors left to the store, the Kafka client and logs when every other one is a
@@ -200,9 +205,18 @@ impl Connection {
     }
 }
 
-/// Serves one TCP connection: SSE subscriptions on the [`lean`] path while the requests are
-/// plain SSE GETs, then (for anything else) hyper on the same, unconsumed socket.
+/// The first bytes of every HTTP/2 connection (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one TCP connection. HTTPS: hyper after the handshake. Cleartext: SSE subscriptions
+/// on the [`lean`] path while the requests are plain SSE GETs, then (for anything else) hyper
+/// on the same, unconsumed socket, with HTTP/2 when the client opens with its preface.
 async fn serve_connection(mut stream: TcpStream, app: Router, conn: Connection) {
+    if let Some(tls) = &conn.shared.settings.tls {
+        let acceptor = tls.acceptor().clone();
+        Box::pin(hyper_conn::serve_tls(stream, acceptor, app, conn)).await;
+        return;
+    }
     let (stop, kill) = (&conn.stop, &conn.kill);
     loop {
         let peeked = tokio::select! {
@@ -225,7 +239,35 @@ async fn serve_connection(mut stream: TcpStream, app: Router, conn: Connection) 
         }
     }
     // Boxed: inline, hyper's connection state would be part of every lean stream's task.
-    Box::pin(hyper_conn::serve(stream, app, conn)).await;
+    if opens_with_h2_preface(&stream).await {
+        Box::pin(hyper_conn::serve_h2c(stream, app, conn)).await;
+    } else {
+        Box::pin(hyper_conn::serve(stream, app, conn)).await;
+    }
+}
+
+/// Whether the client's first bytes are the HTTP/2 preface. Waits (within the header timeout)
+/// only while what arrived is a proper beginning of it.
+async fn opens_with_h2_preface(stream: &TcpStream) -> bool {
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    loop {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        let n = match stream.peek(&mut buf).await {
+            Ok(n) if n > 0 => n,
+            _ => return false,
+        };
+        if !H2_PREFACE.starts_with(&buf[..n]) {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        // Part of the preface so far; peeking again at once would spin on the same bytes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[cfg(test)]

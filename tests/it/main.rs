@@ -6,6 +6,7 @@ mod support;
 mod tansu;
 
 mod auth;
+mod h2;
 mod input;
 mod kafka;
 mod kafka_log;
