@@ -15,6 +15,7 @@
  */
 import { spawn, execFile } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,7 +34,9 @@ const LIVE_UPDATE_MS = 2_000; // a pushed change must show within this, without 
 const HEALTH_TIMEOUT_MS = 30_000;
 const STOP_TIMEOUT_MS = 10_000;
 const RECONNECT_TIMEOUT_MS = 20_000; // browser retry hint or our 5 s backoff cap, plus slack
-const OVERALL_TIMEOUT_MS = 240_000;
+const OVERALL_TIMEOUT_MS = 300_000;
+const TABS = 10; // tabs of one user in one browser context (the browser allows 6 HTTP/1.1 connections per origin)
+const TAKEOVER_MS = 2_000; // a tab takes the shared stream over within this when its leader closes or hangs
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
@@ -185,9 +188,10 @@ function killAllServers() {
   }
 }
 
-function runUpdateScript(baseUrl, user, reportId, status, token = null) {
+function runUpdateScript(baseUrl, user, reportId, status, token = null, caFile = null) {
   const env = { ...process.env, SSE_BASE_URL: baseUrl };
   if (token) env.SSE_TOKEN = token;
+  if (caFile) env.CURL_CA_BUNDLE = caFile; // curl's own variable: trust the test's certificate
   return new Promise((resolve, reject) => {
     execFile(
       'bash',
@@ -278,6 +282,35 @@ async function assertNotReloaded(page) {
   if (!(await page.evaluate(() => window.__e2eNoReload === true))) fail('the page was reloaded');
 }
 
+/** The tabs that say they hold the stream. */
+async function leaders(tabs) {
+  const found = [];
+  for (const tab of tabs) {
+    if ((await tab.getByTestId('connection-status').getAttribute('data-stream-role', { timeout: 1_000 })) === 'leader') found.push(tab);
+  }
+  return found;
+}
+
+async function soleLeader(tabs) {
+  return waitUntil('exactly one tab to hold the stream', TAKEOVER_MS, async () => {
+    const found = await leaders(tabs);
+    return found.length === 1 ? found[0] : null;
+  });
+}
+
+/** Waits until the server holds `count` /v4 streams (its /metrics), and that stays so for a moment. */
+async function expectStreams(baseUrl, count, what) {
+  const open = async () => {
+    const text = await (await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(2_000) })).text();
+    const line = text.split('\n').find((l) => l.startsWith('sse_connections_open{channel="v4"} '));
+    return line ? Number(line.split(' ')[1]) : NaN;
+  };
+  await waitUntil(`the server to hold ${count} /v4 stream(s) ${what}`, 5_000, async () => (await open()) === count);
+  await sleep(300);
+  const now = await open();
+  if (now !== count) fail(`the server holds ${now} /v4 streams ${what}, expected ${count}`);
+}
+
 // ---------------------------------------------------------------------------------------------
 // the test
 
@@ -309,6 +342,7 @@ async function main() {
   try {
     await runBrowserFlow({ port, dbPath, baseUrl });
     await runJwtFlow({ tmp });
+    await runHttpsFlow({ tmp });
   } finally {
     for (const s of [...servers]) await stopServer(s, { expectClean: false }).catch(() => {});
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -332,6 +366,8 @@ async function runBrowserFlow({ port, dbPath, baseUrl }) {
     let user;
     let reportA;
     let reportB;
+    let sharedTabs;
+    let sharedReport;
 
     await step('log in with a generated UUID', async () => {
       await page.goto(baseUrl, { waitUntil: 'load', timeout: 15_000 });
@@ -452,6 +488,68 @@ async function runBrowserFlow({ port, dbPath, baseUrl }) {
       await page2.close();
     });
 
+    await step('10 tabs of one user hold one stream; every tab shows a change within 2 s; the leader closes, another takes over', async () => {
+      const tabs = [page];
+      for (let i = 2; i <= TABS; i++) {
+        const tab = await context.newPage();
+        watchPage(tab, `tab${i}`);
+        await tab.goto(baseUrl, { waitUntil: 'load', timeout: 15_000 });
+        tabs.push(tab);
+      }
+      for (const tab of tabs) await expectConnection(tab, 'connected', 10_000);
+      await expectStreams(baseUrl, 1, 'for 10 tabs');
+      const leader = await soleLeader(tabs);
+      const report = await createReportViaUi(tabs[TABS - 1]);
+      const t0 = Date.now();
+      await runUpdateScript(baseUrl, user, report, 'queued');
+      for (const tab of tabs) await expectRowStatus(tab, report, 'queued', LIVE_UPDATE_MS - (Date.now() - t0), 'in every tab');
+      log(`  one stream for ${TABS} tabs; the change showed in all of them within ${Date.now() - t0} ms`);
+
+      const closedAt = Date.now();
+      await leader.close();
+      tabs.splice(tabs.indexOf(leader), 1);
+      await waitUntil('another tab to take the stream over', TAKEOVER_MS, async () => {
+        const found = await leaders(tabs);
+        return found.length === 1 && (await connectionState(found[0])) === 'connected';
+      });
+      log(`  the leader closed; another tab held the stream ${Date.now() - closedAt} ms later`);
+      await expectStreams(baseUrl, 1, 'after the leader closed');
+      const t1 = Date.now();
+      await runUpdateScript(baseUrl, user, report, 'processing');
+      for (const tab of tabs) await expectRowStatus(tab, report, 'processing', LIVE_UPDATE_MS - (Date.now() - t1), 'after the take-over');
+      sharedTabs = tabs;
+      sharedReport = report;
+    });
+
+    await step('the leader tab hangs: another takes over within 2 s; the hung one gives way and catches up', async () => {
+      const tabs = sharedTabs;
+      const hung = await soleLeader(tabs);
+      const others = tabs.filter((t) => t !== hung);
+      // Its main thread blocked for 4 s: no heartbeat, no event handled (a frozen or stuck tab).
+      const hangMs = 4_000;
+      const hangAt = Date.now();
+      const hanging = hung.evaluate((ms) => {
+        const end = Date.now() + ms;
+        while (Date.now() < end) {
+          // busy
+        }
+      }, hangMs);
+      const next = await waitUntil('another tab to take the stream over', TAKEOVER_MS, async () => {
+        const found = await leaders(others);
+        return found.length === 1 && (await connectionState(found[0])) === 'connected' ? found[0] : null;
+      });
+      log(`  the leader hung; another tab held the stream ${Date.now() - hangAt} ms later`);
+      const t0 = Date.now();
+      await runUpdateScript(baseUrl, user, sharedReport, 'completed');
+      for (const tab of others) await expectRowStatus(tab, sharedReport, 'completed', LIVE_UPDATE_MS - (Date.now() - t0), 'while the old leader hangs');
+      await hanging;
+      await expectRowStatus(hung, sharedReport, 'completed', LIVE_UPDATE_MS, 'in the tab that hung');
+      const now = await soleLeader(tabs);
+      if (now !== next) fail('the tab that hung took the stream back');
+      await expectStreams(baseUrl, 1, 'after the hung tab recovered');
+      for (const tab of tabs) if (tab !== page) await tab.close();
+    });
+
     await step('no console errors or warnings', async () => {
       await sleep(300);
       if (consoleProblems.length > 0) fail(`console problems:\n  ${consoleProblems.join('\n  ')}`);
@@ -527,7 +625,80 @@ async function runJwtFlow({ tmp }) {
   }
 }
 
-const TOTAL_STEPS = 10;
+/** A self-signed certificate for localhost made with openssl: { cert, key } paths. */
+function makeCertificate(dir) {
+  const cert = path.join(dir, 'localhost.crt');
+  const key = path.join(dir, 'localhost.key');
+  return new Promise((resolve, reject) => {
+    execFile(
+      'openssl',
+      ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-keyout', key, '-out', cert],
+      { timeout: 15_000 },
+      (err, _stdout, stderr) => (err ? reject(new E2EFailure(`openssl failed: ${err.message}\n${stderr}`)) : resolve({ cert, key })),
+    );
+  });
+}
+
+/** GET https://127.0.0.1:port/healthz trusting `ca`: its status, or null when it does not answer. */
+function httpsStatus(port, ca) {
+  return new Promise((resolve) => {
+    const req = https.get({ host: '127.0.0.1', port, path: '/healthz', ca, servername: 'localhost', timeout: 1_000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on('error', () => resolve(null));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+/** Over HTTPS: the dashboard is served over HTTP/2 (ALPN) and its stream is live. */
+async function runHttpsFlow({ tmp }) {
+  const { cert, key } = await makeCertificate(tmp);
+  const ca = fs.readFileSync(cert);
+  const port = await freePort();
+  const baseUrl = `https://localhost:${port}`;
+  const server = startServer({ port, dbPath: path.join(tmp, 'https.sqlite3'), label: 'https', extraArgs: ['--tls-cert', cert, '--tls-key', key] });
+  await waitUntil(`GET https://127.0.0.1:${port}/healthz to answer 200`, HEALTH_TIMEOUT_MS, async () => {
+    if (server.exited) fail(`server (https) exited during start-up. Last log lines:\n${logTail(server)}`);
+    return (await httpsStatus(port, ca)) === 200;
+  }, 100);
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM_PATH,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    timeout: 30_000,
+  });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, ignoreHTTPSErrors: true });
+    context.setDefaultTimeout(10_000);
+    const page = await context.newPage();
+    watchPage(page, 'https');
+    await step('over HTTPS the dashboard and its stream use HTTP/2', async () => {
+      await page.goto(baseUrl, { waitUntil: 'load', timeout: 15_000 });
+      const input = page.getByLabel('User ID (UUID)');
+      await page.getByRole('button', { name: 'Generate', exact: true }).click();
+      const user = await input.inputValue();
+      await page.getByRole('button', { name: 'Log in', exact: true }).click();
+      await expectConnection(page, 'connected', 10_000);
+      const report = await createReportViaUi(page);
+      await runUpdateScript(`https://127.0.0.1:${port}`, user, report, 'queued', null, cert);
+      await expectRowStatus(page, report, 'queued', LIVE_UPDATE_MS, 'pushed over HTTP/2');
+      const protocols = await page.evaluate(() =>
+        performance.getEntries().filter((e) => 'nextHopProtocol' in e).map((e) => [e.name.replace(location.origin, ''), e.nextHopProtocol]),
+      );
+      const notH2 = protocols.filter(([, p]) => p !== 'h2');
+      if (protocols.length === 0 || notH2.length > 0) fail(`not all over h2: ${JSON.stringify(protocols)}`);
+      const reports = protocols.find(([name]) => name.startsWith('/v4/reports'));
+      if (!reports) fail(`no /v4/reports entry in ${JSON.stringify(protocols)}`);
+      log(`  ${protocols.length} entries, all h2 (page, assets, ${reports[0]})`);
+    });
+    await context.close();
+  } finally {
+    await browser.close().catch(() => {});
+    await stopServer(server);
+  }
+}
+
+const TOTAL_STEPS = 13;
 const watchdog = setTimeout(() => {
   console.error(`e2e: FAILED: overall timeout of ${OVERALL_TIMEOUT_MS} ms`);
   killAllServers();

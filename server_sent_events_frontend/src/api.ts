@@ -134,8 +134,10 @@ function expectReport(value: unknown): Report {
   return report;
 }
 
-export function sseUrl(userId: string): string {
-  return `/v4/sse?${userQuery(userId)}`;
+/** The stream URL; `lastEventId` resumes after that event (a tab taking over the shared stream). */
+export function sseUrl(userId: string, lastEventId: string | null = null): string {
+  const url = `/v4/sse?${userQuery(userId)}`;
+  return lastEventId ? `${url}&lastEventId=${encodeURIComponent(lastEventId)}` : url;
 }
 
 /**

@@ -14,7 +14,7 @@ interface DashboardProps {
 
 /** The logged-in view: connection state, create button, errors and the live report table. */
 export function Dashboard({ userId, onLogout, onExpired }: DashboardProps) {
-  const { reports, loaded, connection, loadError, refetch, applyLocal } = useReportStream(userId, onExpired);
+  const { reports, loaded, connection, role, loadError, refetch, applyLocal } = useReportStream(userId, onExpired);
   const [actionError, setActionError] = useState<string | null>(null);
   const [creating, setCreating] = useState(false);
   const [busy, setBusy] = useState<ReadonlySet<string>>(new Set());
@@ -56,7 +56,7 @@ export function Dashboard({ userId, onLogout, onExpired }: DashboardProps) {
         <p className="user">
           Logged in as <span className="mono">{userId}</span>
         </p>
-        <ConnectionIndicator state={connection} />
+        <ConnectionIndicator state={connection} role={role} />
         <button type="button" className="button button--secondary" onClick={onLogout}>
           Log out
         </button>

@@ -1,21 +1,17 @@
 /**
- * Keeps one user's report list in sync with the server: an initial fetch, live events over
- * EventSource (`/v4/sse`), a refetch on every (re)open and on `reset`, and our own reconnect
- * with capped backoff once the browser gives up (EventSource CLOSED).
+ * Keeps one user's report list in sync with the server: an initial fetch, live events of the
+ * stream this browser's tabs share (`/v4/sse`, see `reportStream.ts`), a refetch on every
+ * (re)open and on `reset`.
  */
 import { useCallback, useEffect, useReducer, useRef, useState } from 'react';
-import { errorMessage, hasSession, listReports, sseUrl, ticketedSseUrl } from '../api';
+import { errorMessage, listReports } from '../api';
 import { initialReportsState, reportsReducer, type ReportEvent } from '../reportsState';
+import { openReportStream, type StreamEventType, type StreamRole, type StreamState } from '../reportStream';
 import { parseJson, parseReport, parseStatusUpdate, type Report } from '../types';
 
 export type ConnectionState = 'connected' | 'reconnecting' | 'offline';
 
-/** Delay before our own reconnect attempt number `attempt` (0-based): 1 s, 2 s, 4 s, then 5 s. */
-export function reconnectDelayMs(attempt: number): number {
-  return Math.min(1000 * 2 ** attempt, 5000);
-}
-
-type StreamState = 'connecting' | 'open' | 'closed';
+export { reconnectDelayMs } from '../reportStream';
 
 interface FetchTracker {
   generation: number;
@@ -28,6 +24,8 @@ export interface ReportStream {
   reports: Report[];
   loaded: boolean;
   connection: ConnectionState;
+  /** Whether this tab holds the stream (`own`, `leader`) or hears it from another tab. */
+  role: StreamRole;
   /** Why the last list fetch failed, or null. */
   loadError: string | null;
   refetch: () => void;
@@ -47,6 +45,7 @@ export function useReportStream(userId: string, onExpired?: (message: string) =>
   const [state, dispatch] = useReducer(reportsReducer, initialReportsState);
   const [stream, setStream] = useState<StreamState>('connecting');
   const [online, setOnline] = useState(currentlyOnline);
+  const [role, setRole] = useState<StreamRole>('own');
   const [loadError, setLoadError] = useState<string | null>(null);
   const tracker = useRef<FetchTracker>({ generation: 0, controller: null, buffer: [] });
 
@@ -103,123 +102,40 @@ export function useReportStream(userId: string, onExpired?: (message: string) =>
   }, [userId]);
 
   useEffect(() => {
-    let source: EventSource | null = null;
-    let retryTimer: ReturnType<typeof setTimeout> | undefined;
-    let attempt = 0;
-    let disposed = false;
-    let lastEventId: string | null = null;
-
-    const onCreated = (e: MessageEvent<string>) => {
-      if (e.lastEventId) lastEventId = e.lastEventId;
-      const report = parseReport(parseJson(e.data));
-      if (report) applyEvents([{ kind: 'created', report }]);
-      else refetch();
+    const handleOnline = () => setOnline(true);
+    const handleOffline = () => setOnline(false);
+    window.addEventListener('online', handleOnline);
+    window.addEventListener('offline', handleOffline);
+    return () => {
+      window.removeEventListener('online', handleOnline);
+      window.removeEventListener('offline', handleOffline);
     };
-    const onStatus = (e: MessageEvent<string>) => {
-      if (e.lastEventId) lastEventId = e.lastEventId;
-      const update = parseStatusUpdate(parseJson(e.data));
+  }, []);
+
+  useEffect(() => {
+    const onEvent = (type: StreamEventType, data: string) => {
+      if (type === 'reset') {
+        refetch();
+        return;
+      }
+      if (type === 'report_created') {
+        const report = parseReport(parseJson(data));
+        if (report) applyEvents([{ kind: 'created', report }]);
+        else refetch();
+        return;
+      }
+      const update = parseStatusUpdate(parseJson(data));
       if (update) applyEvents([{ kind: 'status', id: update.id, status: update.status }]);
       else refetch();
     };
-    const onReset = () => refetch();
-    const onAuthExpired = () => {
-      closeSource();
-      setStream('closed');
-      disposed = true;
-      onExpired?.('Your session expired. Log in again with a new token.');
-    };
-
-    const closeSource = () => {
-      if (!source) return;
-      source.removeEventListener('report_created', onCreated);
-      source.removeEventListener('report_status_update', onStatus);
-      source.removeEventListener('reset', onReset);
-      source.removeEventListener('auth_expired', onAuthExpired);
-      source.onopen = null;
-      source.onerror = null;
-      source.close();
-      source = null;
-    };
-
-    const connect = () => {
-      retryTimer = undefined;
-      if (disposed) return;
-      if (!currentlyOnline()) {
-        setStream('closed');
-        return; // the `online` listener reconnects
-      }
-      setStream('connecting');
-      if (!hasSession()) {
-        open(sseUrl(userId));
-        return;
-      }
-      // A ticket per connection: the browser's own reconnects reuse the URL, whose ticket is
-      // spent, so they fail and this retries with a new one (and the last event's id).
-      ticketedSseUrl(userId, lastEventId).then(
-        (url) => {
-          if (!disposed) open(url);
-        },
-        () => {
-          if (disposed) return;
-          setStream('closed');
-          retryTimer = setTimeout(connect, reconnectDelayMs(attempt));
-          attempt++;
-        },
-      );
-    };
-
-    const open = (url: string) => {
-      const es = new EventSource(url);
-      source = es;
-      es.onopen = () => {
-        attempt = 0;
-        setStream('open');
-        refetch(); // nothing is missed, even when the server could not replay
-      };
-      es.onerror = () => {
-        if (es.readyState === EventSource.CLOSED) {
-          // The browser gave up (e.g. a non-200 answer): retry ourselves with capped backoff.
-          closeSource();
-          setStream('closed');
-          retryTimer = setTimeout(connect, reconnectDelayMs(attempt));
-          attempt++;
-        } else {
-          setStream('connecting'); // the browser reconnects by itself, with Last-Event-ID
-        }
-      };
-      es.addEventListener('report_created', onCreated);
-      es.addEventListener('report_status_update', onStatus);
-      es.addEventListener('reset', onReset);
-      es.addEventListener('auth_expired', onAuthExpired);
-    };
-
-    const handleOnline = () => {
-      setOnline(true);
-      if (!source && !disposed) {
-        clearTimeout(retryTimer);
-        attempt = 0;
-        connect();
-      }
-    };
-    const handleOffline = () => {
-      setOnline(false);
-      clearTimeout(retryTimer);
-      retryTimer = undefined;
-      closeSource();
-      setStream('closed');
-    };
-
-    window.addEventListener('online', handleOnline);
-    window.addEventListener('offline', handleOffline);
-    connect();
-
-    return () => {
-      disposed = true;
-      window.removeEventListener('online', handleOnline);
-      window.removeEventListener('offline', handleOffline);
-      clearTimeout(retryTimer);
-      closeSource();
-    };
+    const stream = openReportStream(userId, {
+      onState: setStream,
+      onOpen: refetch,
+      onEvent,
+      onExpired: () => onExpired?.('Your session expired. Log in again with a new token.'),
+      onRole: setRole,
+    });
+    return () => stream.close();
   }, [userId, refetch, applyEvents, onExpired]);
 
   const connection: ConnectionState =
@@ -229,6 +145,7 @@ export function useReportStream(userId: string, onExpired?: (message: string) =>
     reports: state.reports,
     loaded: state.loaded,
     connection,
+    role,
     loadError,
     refetch,
     applyLocal: (event) => applyEvents([event]),
