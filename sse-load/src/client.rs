@@ -3,12 +3,13 @@
 //! events incrementally, recording every delivery into shared counters and histograms.
 //!
 //! Socket reads go into one thread-local buffer (`readable()` + `try_read`), so an idle
-//! connection owns no read buffer: only its socket, its parser and a lazily grown bitmap of the
+//! connection owns no read buffer (over TLS, rustls reads into one of the connection's own): only its socket, its parser and a lazily grown bitmap of the
 //! message numbers it has received (for duplicate detection).
 
 use crate::payload;
 use crate::sse::{SseEvent, SseStream};
 use crate::target::UrlTemplate;
+use crate::tls::Conn;
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -297,6 +298,17 @@ enum ReadOutcome {
     Failed(String),
 }
 
+/// Parses `bytes` of a stream, recording every event.
+fn feed(sse: &mut SseStream, track: &mut Track, shared: &Shared, bytes: &[u8]) -> ReadOutcome {
+    let now = shared.now_ns();
+    let mut on_event = |ev: SseEvent<'_>| track.on_event(ev, shared, now);
+    match sse.feed(bytes, &mut on_event) {
+        Ok(()) if sse.is_ended() => ReadOutcome::Ended,
+        Ok(()) => ReadOutcome::Continue,
+        Err(e) => ReadOutcome::Failed(e.kind()),
+    }
+}
+
 /// How one stream (one connection) of a subscriber ended.
 enum StreamEnd {
     /// The run is over.
@@ -414,7 +426,7 @@ async fn one_stream(
             biased;
             _ = stop.changed() => return StreamEnd::Stopped,
             _ = tokio::time::sleep_until(ready_deadline) => return not_ready("ticket_timeout"),
-            t = crate::ticket::fetch(tpl.addr, source, &tpl.host_header, bearer) => t,
+            t = crate::ticket::fetch(tpl, source, bearer) => t,
         };
         match fetched {
             Ok(ticket) => path = crate::ticket::with_ticket(&path, &ticket),
@@ -427,7 +439,7 @@ async fn one_stream(
         biased;
         _ = stop.changed() => return StreamEnd::Stopped,
         _ = tokio::time::sleep_until(ready_deadline) => return not_ready("connect_timeout"),
-        c = connect(tpl.addr, source) => c,
+        c = crate::tls::open(tpl, source, false) => c,
     };
     let mut stream = match connected {
         Ok(s) => s,
@@ -443,35 +455,49 @@ async fn one_stream(
     let mut permit = Some(permit);
     let mut sse = SseStream::new();
     let mut ready = false;
+    // TLS records are read through rustls, which needs a buffer of the connection's own.
+    let mut tls_buf: Vec<u8> = Vec::new();
     loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return StreamEnd::Stopped,
-            _ = tokio::time::sleep_until(ready_deadline), if !ready => return not_ready("head_timeout"),
-            r = stream.readable() => {
-                if let Err(e) = r {
-                    let kind = io_kind("read", &e);
-                    return if ready { StreamEnd::Dropped(kind) } else { StreamEnd::NotReady(kind) };
-                }
-            }
-        }
-        let outcome = BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            match stream.try_read(&mut buf[..]) {
-                Ok(0) => ReadOutcome::Closed,
-                Ok(n) => {
-                    let now = shared.now_ns();
-                    let mut on_event = |ev: SseEvent<'_>| track.on_event(ev, shared, now);
-                    match sse.feed(&buf[..n], &mut on_event) {
-                        Ok(()) if sse.is_ended() => ReadOutcome::Ended,
-                        Ok(()) => ReadOutcome::Continue,
-                        Err(e) => ReadOutcome::Failed(e.kind()),
+        let outcome = match &mut stream {
+            Conn::Plain(socket) => {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return StreamEnd::Stopped,
+                    _ = tokio::time::sleep_until(ready_deadline), if !ready => return not_ready("head_timeout"),
+                    r = socket.readable() => {
+                        if let Err(e) = r {
+                            let kind = io_kind("read", &e);
+                            return if ready { StreamEnd::Dropped(kind) } else { StreamEnd::NotReady(kind) };
+                        }
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::Continue,
-                Err(e) => ReadOutcome::Failed(io_kind("read", &e)),
+                BUF.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    match socket.try_read(&mut buf[..]) {
+                        Ok(0) => ReadOutcome::Closed,
+                        Ok(n) => feed(&mut sse, track, shared, &buf[..n]),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::Continue,
+                        Err(e) => ReadOutcome::Failed(io_kind("read", &e)),
+                    }
+                })
             }
-        });
+            Conn::Tls(tls) => {
+                if tls_buf.is_empty() {
+                    tls_buf = vec![0; 16 * 1024];
+                }
+                let read = tokio::select! {
+                    biased;
+                    _ = stop.changed() => return StreamEnd::Stopped,
+                    _ = tokio::time::sleep_until(ready_deadline), if !ready => return not_ready("head_timeout"),
+                    r = tls.read(&mut tls_buf[..]) => r,
+                };
+                match read {
+                    Ok(0) => ReadOutcome::Closed,
+                    Ok(n) => feed(&mut sse, track, shared, &tls_buf[..n]),
+                    Err(e) => ReadOutcome::Failed(io_kind("read", &e)),
+                }
+            }
+        };
         if !ready && sse.is_ready() {
             ready = true;
             permit.take();

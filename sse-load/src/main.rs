@@ -7,10 +7,14 @@
 //!   delivery latency percentiles, lost and duplicated deliveries, and server CPU per delivery.
 //! - `fanout`: one user with N connections; per message the time until the last one received it.
 //!
+//! `https://` templates speak TLS (HTTP/1.1 by ALPN), trusting `--ca`; `hold
+//! --h2-streams-per-conn K` opens the streams over HTTP/2 instead, K per connection.
+//!
 //! Human-readable lines go to stderr; the last stdout line is one JSON summary. Targets outside
 //! 127.0.0.0/8 and ::1 are refused (exit 2).
 
 mod client;
+mod h2hold;
 mod http;
 mod payload;
 mod procstat;
@@ -18,6 +22,7 @@ mod publisher;
 mod sse;
 mod target;
 mod ticket;
+mod tls;
 
 use clap::{Args, Parser, Subcommand};
 use client::{Shared, SubSpec};
@@ -118,6 +123,10 @@ struct Common {
     /// when no connection became ready).
     #[arg(long)]
     strict: bool,
+    /// PEM certificates to trust for `https://` templates (the server's own, when
+    /// self-signed); required by them.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +145,11 @@ struct HoldArgs {
     /// How long to hold the connections open after measuring.
     #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
     hold: Duration,
+    /// Open the streams over HTTP/2, this many per connection (cleartext with prior knowledge
+    /// for http://, ALPN h2 for https://); memory per stream is then per stream, not per
+    /// connection.
+    #[arg(long, value_name = "K")]
+    h2_streams_per_conn: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +300,13 @@ fn setup(
     };
     let sub = parse("--sub", &c.sub)?;
     let publish = parse("--pub", &c.publish)?;
+    match &c.ca {
+        Some(ca) => tls::configure(ca).map_err(Usage)?,
+        None if sub.iter().chain(&publish).any(|t| t.tls) => {
+            return Err(Usage("https:// templates need --ca FILE".into()));
+        }
+        None => {}
+    }
     if needs_pub && publish.is_empty() {
         return Err(Usage("--pub is required in this mode".into()));
     }
@@ -438,6 +459,42 @@ async fn open_conns(
 }
 
 /// Signals every connection to close and waits for them within the phase timeout.
+/// [`open_conns`] over HTTP/2: `conns` streams, `per_conn` on each connection.
+async fn open_h2(
+    c: &Common,
+    tpls: &[Arc<UrlTemplate>],
+    conns: usize,
+    per_conn: usize,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) -> Opened {
+    let start = Instant::now();
+    let handles = h2hold::open(tpls, conns, per_conn, c.source_addrs, shared, stop);
+    let mut last_print = Instant::now();
+    loop {
+        let (ready, failed) = (shared.ready.load(Relaxed), shared.failed.load(Relaxed));
+        if ready + failed >= conns || start.elapsed() > c.timeout {
+            break;
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprintln!(
+                "  connecting (h2): {} connections, {ready} streams ready, {failed} failed of {conns}",
+                shared.connected.load(Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Opened {
+        handles,
+        ready: shared.ready.load(Relaxed),
+        failed: shared.failed.load(Relaxed),
+        connect_s: secs,
+        ready_s: secs,
+    }
+}
+
 async fn close_all(stop: &watch::Sender<bool>, handles: Vec<JoinHandle<()>>, timeout: Duration) {
     let _ = stop.send(true);
     let n = handles.len();
@@ -531,7 +588,10 @@ async fn run_hold(a: HoldArgs) -> Result<(Value, bool), Usage> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let before = sample(&s.pids);
     let self_before = procstat::pss_kib(std::process::id()).unwrap_or(0);
-    let mut opened = open_conns(c, &s.sub, a.conns, &shared, &stop_rx).await;
+    let mut opened = match a.h2_streams_per_conn {
+        None => open_conns(c, &s.sub, a.conns, &shared, &stop_rx).await,
+        Some(k) => open_h2(c, &s.sub, a.conns, k, &shared, &stop_rx).await,
+    };
     tokio::time::sleep(a.settle).await;
     let after = sample(&s.pids);
     let self_after = procstat::pss_kib(std::process::id()).unwrap_or(0);
@@ -577,6 +637,7 @@ async fn run_hold(a: HoldArgs) -> Result<(Value, bool), Usage> {
         "mode": "hold",
         "params": {
             "conns": a.conns, "users": users,
+            "h2_streams_per_conn": a.h2_streams_per_conn,
             "settle_s": a.settle.as_secs_f64(), "hold_s": a.hold.as_secs_f64(),
             "common": common_json(c, &s.pids),
         },

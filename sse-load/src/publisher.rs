@@ -4,15 +4,15 @@
 //! Requests and responses are raw HTTP/1.1 over tokio `TcpStream`: the head is parsed with
 //! [`crate::http`], bodies are skipped by `Content-Length`, chunked framing, or until close.
 
-use crate::client::{Shared, connect, io_kind};
+use crate::client::{Shared, io_kind};
 use crate::http::{self, ChunkDecoder};
 use crate::payload;
 use crate::target::UrlTemplate;
+use crate::tls::Conn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// One keep-alive publishing connection.
@@ -20,7 +20,7 @@ pub struct PubConn {
     tpl: Arc<UrlTemplate>,
     /// The `Authorization` header line, when publishing with a bearer token.
     auth: String,
-    stream: Option<TcpStream>,
+    stream: Option<Conn>,
     buf: Vec<u8>,
     reused: bool,
 }
@@ -83,7 +83,7 @@ impl PubConn {
 
     async fn try_post(&mut self, req: &[u8]) -> Result<u16, (PostError, bool)> {
         if self.stream.is_none() {
-            let s = connect(self.tpl.addr, None)
+            let s = crate::tls::open(&self.tpl, None, false)
                 .await
                 .map_err(|k| (PostError::Io(k), false))?;
             self.stream = Some(s);

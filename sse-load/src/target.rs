@@ -1,6 +1,6 @@
 //! URL templates for the subscribe and publish endpoints, and the loopback-only target check.
 //!
-//! A template is a plain `http://HOST:PORT/path?query` URL whose path and query may contain the
+//! A template is an `http://HOST:PORT/path?query` (or `https://`) URL whose path and query may contain the
 //! placeholders `{user}` (user index) and `{conn}` (connection index). The host must be an IP
 //! literal in `127.0.0.0/8`, `[::1]`, or `localhost` (taken as `127.0.0.1`, never resolved):
 //! the tool refuses every other target so that it can never load a machine other than this one.
@@ -23,13 +23,15 @@ pub struct UrlTemplate {
     pub addr: SocketAddr,
     /// Value of the `Host` header (`127.0.0.1:3000`, `[::1]:3000`).
     pub host_header: String,
+    /// `https://`: connections start with a TLS handshake (see `tls`).
+    pub tls: bool,
     parts: Vec<Part>,
 }
 
 /// Why a template was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TemplateError {
-    /// Not an `http://` URL (https and other schemes are not supported).
+    /// Not an `http://` or `https://` URL.
     NotHttp(String),
     /// The host is not an IP literal (or `localhost`), or the authority is malformed.
     BadHost(String),
@@ -44,7 +46,9 @@ pub enum TemplateError {
 impl fmt::Display for TemplateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TemplateError::NotHttp(u) => write!(f, "only http:// URLs are supported: {u}"),
+            TemplateError::NotHttp(u) => {
+                write!(f, "only http:// and https:// URLs are supported: {u}")
+            }
             TemplateError::BadHost(h) => write!(
                 f,
                 "host must be an IP literal in 127.0.0.0/8, [::1] or localhost: {h}"
@@ -75,8 +79,9 @@ pub fn is_allowed_ip(ip: IpAddr) -> bool {
 impl UrlTemplate {
     /// Parses and checks a template such as `http://127.0.0.1:3000/v2/sse?username=u{user}`.
     pub fn parse(url: &str) -> Result<Self, TemplateError> {
-        let rest = match url.get(..7) {
-            Some(s) if s.eq_ignore_ascii_case("http://") => &url[7..],
+        let (tls, rest) = match (url.get(..7), url.get(..8)) {
+            (Some(s), _) if s.eq_ignore_ascii_case("http://") => (false, &url[7..]),
+            (_, Some(s)) if s.eq_ignore_ascii_case("https://") => (true, &url[8..]),
             _ => return Err(TemplateError::NotHttp(url.to_string())),
         };
         let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -98,6 +103,7 @@ impl UrlTemplate {
             return Err(TemplateError::NotLoopback(ip.to_string()));
         }
         let port: u16 = match port {
+            None if tls => 443,
             None => 80,
             Some(p) => match p.parse::<u16>() {
                 Ok(n) if n > 0 => n,
@@ -119,6 +125,7 @@ impl UrlTemplate {
         Ok(UrlTemplate {
             addr,
             host_header,
+            tls,
             parts,
         })
     }
@@ -271,8 +278,15 @@ mod tests {
             Err(TemplateError::BadHost(_))
         ));
         assert!(matches!(
-            UrlTemplate::parse("https://127.0.0.1/"),
+            UrlTemplate::parse("ftp://127.0.0.1/"),
             Err(TemplateError::NotHttp(_))
+        ));
+        let tls = UrlTemplate::parse("https://localhost/v2/sse").unwrap();
+        assert!(tls.tls);
+        assert_eq!(tls.addr.port(), 443);
+        assert!(matches!(
+            UrlTemplate::parse("https://10.0.0.1/"),
+            Err(TemplateError::NotLoopback(_))
         ));
         assert!(matches!(
             UrlTemplate::parse("127.0.0.1:3000/"),

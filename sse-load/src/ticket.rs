@@ -3,9 +3,10 @@
 //! (so the stream's connection starts with its `GET`, as a browser's EventSource does), and
 //! appends `ticket=<ticket>` to the stream's URL.
 
-use crate::client::{connect, io_kind};
+use crate::client::io_kind;
 use crate::http::{self, ChunkDecoder};
-use std::net::{IpAddr, SocketAddr};
+use crate::target::UrlTemplate;
+use std::net::IpAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Largest ticket response read, head and body.
@@ -13,12 +14,12 @@ const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Fetches one ticket; errors are short kinds for the error counts.
 pub async fn fetch(
-    target: SocketAddr,
+    tpl: &UrlTemplate,
     source: Option<IpAddr>,
-    host: &str,
     bearer: &str,
 ) -> Result<String, String> {
-    let mut stream = connect(target, source).await?;
+    let host = &tpl.host_header;
+    let mut stream = crate::tls::open(tpl, source, false).await?;
     let req = format!(
         "POST /auth/ticket HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {bearer}\r\nContent-Length: 0\r\nConnection: close\r\nUser-Agent: sse-load\r\n\r\n"
     );

@@ -265,8 +265,8 @@ async fn h2_stream(
     response.into_body()
 }
 
-/// Reads `body` until its text so far contains `want`.
-async fn read_until(body: &mut hyper::body::Incoming, want: &str) {
+/// Reads `body` until its text so far contains `want`; the text.
+async fn read_until(body: &mut hyper::body::Incoming, want: &str) -> String {
     let mut text = String::new();
     let found = tokio::time::timeout(WAIT, async {
         while let Some(frame) = body.frame().await {
@@ -281,6 +281,55 @@ async fn read_until(body: &mut hyper::body::Incoming, want: &str) {
     })
     .await;
     assert!(matches!(found, Ok(true)), "{want:?} not in {text:?}");
+    text
+}
+
+#[tokio::test]
+async fn http2_streams_keep_the_rules_of_http11_streams() {
+    let server = TestServer::start_with(|c| c.keep_alive = Duration::from_millis(300)).await;
+    // A tab over HTTP/1.1 is open, so the messages are kept for replay.
+    let _tab = crate::support::Sse::open(&server.url("/v2/sse?username=h2-rules"), None).await;
+    wait_streams(&server, 1.0).await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let (status, body) = server
+            .post("/v2/message?username=h2-rules", format!("message {n}"))
+            .await;
+        assert_eq!(status, 200);
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (mut sender, _connection) = h2_connection(&server).await;
+    // Resumes after the first message, asks for gzip: no compression, the replay, the ids.
+    let request = hyper::Request::get(server.url("/v2/sse?username=h2-rules"))
+        .header("last-event-id", &ids[0])
+        .header("accept-encoding", "gzip, br")
+        .body(Empty::new())
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert!(headers.get("content-encoding").is_none(), "{headers:?}");
+    assert!(headers.get("connection").is_none(), "{headers:?}");
+    let mut body = response.into_body();
+    let replay = read_until(&mut body, &format!("id: {}\ndata: message 3\n\n", ids[2])).await;
+    assert!(
+        replay.contains(&format!("id: {}\ndata: message 2\n\n", ids[1]))
+            && !replay.contains("message 1"),
+        "{replay:?}"
+    );
+    // Idle: the keep-alive comment, as over HTTP/1.1.
+    read_until(&mut body, ": keep-alive").await;
+    // A live message after the replay.
+    let (status, _) = server.post("/v2/message?username=h2-rules", "live").await;
+    assert_eq!(status, 200);
+    read_until(&mut body, "data: live\n\n").await;
+    drop(body);
+    server.stop().await;
 }
 
 #[tokio::test]

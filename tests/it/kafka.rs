@@ -467,6 +467,17 @@ fn status_update(event: &eventsource_stream::Event) -> (String, String, String) 
     )
 }
 
+/// The metrics lines about the bus and the outbox (for a failure's message).
+fn kafka_lines(text: &str) -> String {
+    text.lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.contains("kafka") || l.contains("outbox") || l.contains("publish"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// How long an outbox event may take to arrive once the broker is back: the producer's
 /// reconnect, a failed attempt of up to `--kafka-timeout` and the relay's next pass, on a busy
 /// machine.
@@ -520,9 +531,18 @@ async fn report_changes_during_a_kafka_outage_reach_every_tab_once() {
     broker.restart();
     wait_kafka(&b, true).await;
     // A's producer reconnects (capped backoff), its relay's next pass sends the event.
-    assert_eq!(
-        status_update(&tab_b.next_within(AFTER_OUTAGE).await),
-        queued_a
+    let back = Instant::now();
+    let Some(relayed) = tab_b.try_next_within(AFTER_OUTAGE).await else {
+        panic!(
+            "the relayed event did not reach B within {AFTER_OUTAGE:?}\n--- A's metrics:\n{}\n--- B's metrics:\n{}",
+            kafka_lines(&crate::support::metrics_at(a.addr).await),
+            kafka_lines(&b.metrics_text().await)
+        );
+    };
+    assert_eq!(status_update(&relayed), queued_a);
+    eprintln!(
+        "relayed event arrived {:?} after the broker was back",
+        back.elapsed()
     );
     wait_child_metric(&a, "sse_outbox_events", 0.0).await;
     // The event coming back from the broker is not shown twice on A.
@@ -543,9 +563,14 @@ async fn report_changes_during_a_kafka_outage_reach_every_tab_once() {
     wait_kafka(&b, true).await;
     tab_b.expect_silence(Duration::from_millis(500)).await;
     let a = crate::support::ChildServer::start(&args).await;
+    let restarted = Instant::now();
     assert_eq!(
         status_update(&tab_b.next_within(AFTER_OUTAGE).await),
         processing_a
+    );
+    eprintln!(
+        "event of the killed instance arrived {:?} after its restart",
+        restarted.elapsed()
     );
     wait_child_metric(&a, "sse_outbox_events", 0.0).await;
     // Exactly the committed changes, none twice.

@@ -265,6 +265,16 @@ impl Sse {
         }
     }
 
+    /// The next event, or `None` when none arrives within `wait`.
+    pub async fn try_next_within(&mut self, wait: Duration) -> Option<Event> {
+        match tokio::time::timeout(wait, self.events.next()).await {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(Some(Err(e))) => panic!("stream error: {e}"),
+            Ok(None) => panic!("stream ended"),
+            Err(_) => None,
+        }
+    }
+
     /// `None` if no event arrives within `wait`; panics on an event.
     pub async fn expect_silence(&mut self, wait: Duration) {
         if let Ok(Some(event)) = tokio::time::timeout(wait, self.events.next()).await {
