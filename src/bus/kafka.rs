@@ -116,9 +116,57 @@ impl Shared {
     }
 }
 
+/// The producer, made again when librdkafka reports a fatal error: an idempotent producer that
+/// hit one (the broker lost its producer state, say) fails every send until it is replaced, so
+/// without this an instance could publish nothing more until restarted.
+struct ProducerSlot {
+    config: ClientConfig,
+    current: std::sync::RwLock<FutureProducer>,
+}
+
+impl ProducerSlot {
+    fn new(config: ClientConfig) -> Result<Self, KafkaError> {
+        let current = std::sync::RwLock::new(config.create()?);
+        Ok(Self { config, current })
+    }
+
+    /// The producer to use now; a new one first if the current one hit a fatal error.
+    fn get(&self) -> FutureProducer {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some((code, reason)) = current.client().fatal_error() else {
+            return current;
+        };
+        let mut slot = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.client().fatal_error().is_none() {
+            return slot.clone(); // replaced meanwhile
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::error!(?code, %reason, "the Kafka producer hit a fatal error; it was replaced by a new one");
+                let old = std::mem::replace(&mut *slot, fresh.clone());
+                // Dropping a producer flushes it (up to 500 ms): not on a connection thread.
+                drop(current);
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn_blocking(move || drop(old))),
+                    Err(_) => drop(old),
+                }
+                fresh
+            }
+            Err(e) => {
+                tracing::error!(?code, %reason, error = %e, "the Kafka producer hit a fatal error and no new one could be made");
+                current
+            }
+        }
+    }
+}
+
 /// Publishes to Kafka and consumes every partition into the local Hub.
 pub struct KafkaBus {
-    producer: FutureProducer,
+    producer: Arc<ProducerSlot>,
     hub: Hub,
     config: KafkaConfig,
     shared: Arc<Shared>,
@@ -140,7 +188,8 @@ impl KafkaBus {
         tasks: &TaskTracker,
     ) -> Result<Arc<Self>, KafkaError> {
         let timeout_ms = config.timeout.as_millis().to_string();
-        let producer: FutureProducer = ClientConfig::new()
+        let mut producer_config = ClientConfig::new();
+        producer_config
             .set("bootstrap.servers", &config.brokers)
             .set("message.timeout.ms", &timeout_ms)
             .set("acks", "all")
@@ -148,8 +197,8 @@ impl KafkaBus {
             // record twice: the broker drops a repeat by producer id and sequence number.
             .set("enable.idempotence", "true")
             .set("linger.ms", "0")
-            .set("reconnect.backoff.max.ms", "1000")
-            .create()?;
+            .set("reconnect.backoff.max.ms", "1000");
+        let producer = Arc::new(ProducerSlot::new(producer_config)?);
         let group = format!(
             "server_sent_events-{}-{}",
             std::process::id(),
@@ -274,9 +323,8 @@ impl Bus for KafkaBus {
             .key(&m.user)
             .payload(&payload)
             .headers(headers);
-        let send = self
-            .producer
-            .send(record, Timeout::After(self.config.timeout));
+        let producer = self.producer.get();
+        let send = producer.send(record, Timeout::After(self.config.timeout));
         // message.timeout.ms bounds the send; the outer timeout is a safety net.
         match tokio::time::timeout(self.config.timeout + Duration::from_secs(1), send).await {
             Ok(Ok(delivery)) => Ok(Delivery::Cluster {
@@ -347,7 +395,10 @@ impl Bus for KafkaBus {
 
 impl Drop for KafkaBus {
     fn drop(&mut self) {
-        let _ = self.producer.flush(Timeout::After(Duration::from_secs(1)));
+        let _ = self
+            .producer
+            .get()
+            .flush(Timeout::After(Duration::from_secs(1)));
     }
 }
 
@@ -586,13 +637,13 @@ fn offset_of(offset: Offset) -> Option<i64> {
 /// refuse publishes fast during an outage. (The consumer's client was used before; under load
 /// it kept timing out for tens of seconds after a broker restart while producing worked.)
 async fn probe(
-    producer: FutureProducer,
+    producer: Arc<ProducerSlot>,
     topic: String,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let p = producer.clone();
+        let p = producer.get();
         let t = topic.clone();
         let result = tokio::task::spawn_blocking(move || {
             p.client()
@@ -749,6 +800,39 @@ pub fn parse_payload(payload: Option<&[u8]>, max_bytes: usize) -> Result<(Userna
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_producer_with_a_fatal_error_is_replaced() {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("enable.idempotence", "true");
+        let slot = ProducerSlot::new(config).unwrap();
+        let first = slot.get();
+        assert!(first.client().fatal_error().is_none());
+        // librdkafka's own hook for tests: real fatal errors cannot be provoked on purpose.
+        let reason = std::ffi::CString::new("fatal error made by the test").unwrap();
+        let code = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                first.client().native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            )
+        };
+        assert_eq!(
+            code,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+        assert!(first.client().fatal_error().is_some());
+        let second = slot.get();
+        assert!(second.client().fatal_error().is_none(), "not replaced");
+        assert_ne!(first.client().native_ptr(), second.client().native_ptr());
+        // Healthy: kept.
+        assert_eq!(
+            slot.get().client().native_ptr(),
+            second.client().native_ptr()
+        );
+    }
 
     #[test]
     fn payloads_split_at_the_first_colon_and_poison_is_named() {
