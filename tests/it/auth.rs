@@ -931,3 +931,80 @@ async fn tickets_across_instances() {
     b.stop().await;
     own.stop().await;
 }
+
+/// Issue 9: neither a token nor a ticket reaches the log, also at debug level, whether the
+/// request was taken or refused.
+#[tokio::test]
+async fn tokens_and_tickets_never_reach_the_log() {
+    let server = crate::support::ChildServer::start(&[
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        SECRET,
+        "--log",
+        "debug",
+    ])
+    .await;
+    let client = crate::support::client();
+    let alice = token("alice", "", 600);
+    let publisher = token("svc", "publish", 600);
+    let expired = hs256(json!({ "sub": "alice", "exp": now() - 3600 }));
+    let answer = client
+        .post(server.url("/auth/ticket"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    let (status, json) = crate::support::json_of(answer).await;
+    assert_eq!(status, 200, "{json}");
+    let ticket = json["ticket"].as_str().unwrap().to_owned();
+    let mut stream = Sse::open(
+        &server.url(&format!("/v2/sse?username=alice&ticket={ticket}")),
+        None,
+    )
+    .await;
+    let sent = client
+        .post(server.url("/v2/message?username=alice"))
+        .bearer_auth(&publisher)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    assert_eq!(stream.next().await.data, "hello");
+    // Refused: a used ticket, an expired token, a token without the scope.
+    let used = client
+        .get(server.url(&format!("/v2/sse?username=alice&ticket={ticket}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(used.status(), 401);
+    for bearer in [&expired, &alice] {
+        let refused = client
+            .post(server.url("/v2/message?username=alice"))
+            .bearer_auth(bearer)
+            .body("no")
+            .send()
+            .await
+            .unwrap();
+        assert!(refused.status() == 401 || refused.status() == 403);
+    }
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("stream opened"),
+        "no debug log captured: {log}"
+    );
+    for (what, secret) in [
+        ("a token", alice.as_str()),
+        ("a token", publisher.as_str()),
+        ("an expired token", expired.as_str()),
+        ("a ticket", ticket.as_str()),
+    ] {
+        // A token's signature part alone is enough to give it away.
+        let tail = secret.rsplit('.').next().unwrap();
+        assert!(!log.contains(tail), "{what} is in the log:\n{log}");
+    }
+    server.stop().await;
+}

@@ -408,6 +408,8 @@ pub struct ChildServer {
     pub addr: SocketAddr,
     /// Holds the default SQLite database (unless `--database` was given).
     pub data_dir: tempfile::TempDir,
+    /// Every line the server wrote to stdout (its log).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildServer {
@@ -471,10 +473,15 @@ impl ChildServer {
         // Keep draining stdout so the child never blocks on a full pipe; with
         // SSE_TEST_ECHO set, show its log (to debug a failing test).
         let echo = std::env::var_os("SSE_TEST_ECHO").is_some();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 if echo {
                     eprintln!("[child {addr}] {line}");
+                }
+                if let Ok(mut kept) = kept.lock() {
+                    kept.push(line);
                 }
             }
         });
@@ -482,6 +489,7 @@ impl ChildServer {
             child,
             addr,
             data_dir,
+            log,
         }
     }
 
