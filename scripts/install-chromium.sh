@@ -10,20 +10,7 @@ if [ -x "$CHROMIUM_BIN" ]; then
   exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then
-    SUDO="sudo"
-  else
-    echo "install-chromium: not root and no sudo; cannot install chromium" >&2
-    exit 1
-  fi
-fi
-
-echo "install-chromium: installing Debian package 'chromium'"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y chromium
+bash "$(dirname "$0")/apt-install.sh" install-chromium chromium
 
 if [ ! -x "$CHROMIUM_BIN" ]; then
   echo "install-chromium: apt-get finished but $CHROMIUM_BIN is still missing" >&2

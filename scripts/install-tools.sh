@@ -13,17 +13,4 @@ if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then
-    SUDO="sudo"
-  else
-    echo "install-tools: not root and no sudo; cannot install ${missing[*]}" >&2
-    exit 1
-  fi
-fi
-
-echo "install-tools: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y "${missing[@]}"
+bash "$(dirname "$0")/apt-install.sh" install-tools "${missing[@]}"

@@ -595,23 +595,12 @@ async fn tickets_open_streams_once_and_streams_end_with_their_token() {
 
 /// `server_sent_events ARGS` run to its end: (exit code, stdout, stderr).
 async fn run_binary(args: &[&str]) -> (i32, String, String) {
-    let output = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"))
-            .args(args)
-            .env_remove("SSE_JWT_SECRET")
-            .env_remove("SSE_AUTH")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("did not finish")
-    .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"));
+    command
+        .args(args)
+        .env_remove("SSE_JWT_SECRET")
+        .env_remove("SSE_AUTH");
+    crate::support::output_of(command, Duration::from_secs(30)).await
 }
 
 /// Issue 9: the server refuses to start exposed without access control, in jwt mode without

@@ -39,22 +39,9 @@ fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// Runs curl with `args` (bounded to a few seconds); (exit code, stdout, stderr).
 async fn curl(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(
-        WAIT * 2,
-        tokio::process::Command::new("curl")
-            .args(["-sS", "--max-time", "5"])
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("curl did not finish")
-    .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut command = tokio::process::Command::new("curl");
+    command.args(["-sS", "--max-time", "5"]).args(args);
+    crate::support::output_of(command, WAIT * 2).await
 }
 
 /// curl's arguments to reach `port` as `localhost` over TLS trusting `ca`.
@@ -438,22 +425,19 @@ async fn shutdown_ends_http2_streams_and_sends_goaway() {
 }
 
 /// Runs the server binary with `args` to its exit; (exit code, stderr).
-fn run_to_exit(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"))
+async fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_server_sent_events"));
+    command
         .args(["--bind", "127.0.0.1:0"])
         .args(args)
         .env("SSE_LOG", "error")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .stdin(Stdio::null());
+    let (code, _, stderr) = crate::support::output_of(command, WAIT * 2).await;
+    (code, stderr)
 }
 
-#[test]
-fn bad_certificates_and_keys_are_refused_at_start_up() {
+#[tokio::test]
+async fn bad_certificates_and_keys_are_refused_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = make_cert(dir.path(), "a");
     let (_, other_key) = make_cert(dir.path(), "b");
@@ -488,7 +472,7 @@ fn bad_certificates_and_keys_are_refused_at_start_up() {
         ),
     ];
     for (args, message) in cases {
-        let (code, stderr) = run_to_exit(args);
+        let (code, stderr) = run_to_exit(args).await;
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(

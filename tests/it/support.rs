@@ -402,6 +402,22 @@ pub async fn metrics_at(addr: SocketAddr) -> String {
         .unwrap()
 }
 
+/// Runs `command` to its end, failing the test after `limit`: (exit code, stdout, stderr).
+pub async fn output_of(
+    mut command: tokio::process::Command,
+    limit: Duration,
+) -> (i32, String, String) {
+    let output = tokio::time::timeout(limit, command.kill_on_drop(true).output())
+        .await
+        .expect("the command did not finish in time")
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The server binary, started as a child process (for signal and shutdown tests).
 pub struct ChildServer {
     pub child: tokio::process::Child,
