@@ -112,10 +112,27 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
-/// Closes the TCP connection a request arrived on; inserted by the server's accept loop so the
-/// Hub can really let go of a client that stopped reading.
+/// The transport's handles on the connection a request arrived on, inserted by the server's
+/// accept loop: `token` closes it, so the Hub can really let go of a client that stopped
+/// reading; `socket` (the lean HTTP/1.1 path only) lets publishers write a parked stream's
+/// frames to it themselves ([`crate::hub::WriteThrough`]).
 #[derive(Clone)]
-pub struct ConnectionKill(pub CancellationToken);
+pub struct ConnectionKill {
+    /// Closes the connection.
+    pub token: CancellationToken,
+    /// The socket a stream's frames may be written to by publishers.
+    pub socket: Option<std::sync::Arc<dyn crate::hub::WriteThrough>>,
+}
+
+impl ConnectionKill {
+    /// A handle that can only close the connection.
+    pub fn new(token: CancellationToken) -> Self {
+        Self {
+            token,
+            socket: None,
+        }
+    }
+}
 
 /// The whole application: every route, CORS, JSON 404/405, the rejection counter.
 pub fn app(state: AppState) -> Router {

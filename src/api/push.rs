@@ -98,11 +98,17 @@ pub async fn open_stream(
             "resuming before the bus caught up with its log"
         );
     }
-    let kill = kill.map(|Extension(k)| k.0);
+    let (kill, socket) = match kill {
+        Some(Extension(ConnectionKill { token, socket })) => (Some(token), socket),
+        None => (None, None),
+    };
     let subscription = state
         .hub
         .subscribe(channel, user, last_event_id, kill)
         .map_err(|full| state.refuse(Refusal::PerUser { limit: full.limit }))?;
+    if let Some(socket) = socket {
+        subscription.write_through(socket);
+    }
     tracing::debug!(channel = channel.as_str(), user, "stream opened");
     // A stream authorised by a token ends with it: at `expires` it sends `event: auth_expired`
     // and ends, and the client resumes with a new ticket and `Last-Event-ID`.
@@ -137,22 +143,20 @@ impl http_body::Body for Permitted {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        use std::task::Poll;
-        if self.expired {
-            return Poll::Ready(None);
-        }
-        if let Some(expiry) = &mut self.expiry
+        if !self.expired
+            && let Some(expiry) = &mut self.expiry
             && expiry.as_mut().poll(cx).is_ready()
         {
+            // Through the subscription's queue, after what is queued, like every frame of a
+            // stream that publishers may write to themselves.
             self.expired = true;
-            let frame = crate::sse::auth_expired_frame();
-            return Poll::Ready(Some(Ok(http_body::Frame::data(frame))));
+            self.subscription.end_with(crate::sse::auth_expired_frame());
         }
         std::pin::Pin::new(&mut self.subscription).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.expired || self.subscription.is_end_stream()
+        self.subscription.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -23,6 +23,9 @@
 //!   history: the last connection of a user without history frees it at once. So the entries
 //!   number at most the open connections plus what the history budget can hold (each entry
 //!   with history is charged [`history::TOPIC_OVERHEAD`] bytes of that budget).
+//! - **Write-through.** A publish queues under the shard lock and, once it let go of the lock,
+//!   writes small frames to parked lean streams' sockets itself ([`queue`]): delivering a
+//!   message wakes no task and crosses no thread, whichever worker the stream lives on.
 //! - **No long walks under a lock.** The registry is split in [`SHARDS`] shards; broadcasts,
 //!   keep-alive ticks and sweeps take one shard at a time, and broadcasts yield to the scheduler
 //!   between shards. Gauges for `/metrics` are counters, read without any lock.
@@ -41,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 mod history;
 mod queue;
 
-pub use queue::Subscription;
+pub use queue::{Subscription, WriteThrough};
 
 use history::History;
 use queue::{Conn, Push};
@@ -138,6 +141,23 @@ struct Topic {
     conns: Vec<Arc<Conn>>,
     history: History,
     last_active: Instant,
+}
+
+/// Parked streams one publish writes to itself; the others of a larger fan-out are woken, so
+/// their tasks write them on their own cores, interleaved with other work, and no publish
+/// holds its thread for more than this many writes.
+const WRITE_THROUGH_STREAMS: usize = 64;
+
+/// Writes what was queued to parked streams (outside any shard lock: the writes are system
+/// calls, and the order is kept by each connection's queue).
+fn flush(parked: Vec<Arc<Conn>>) {
+    for (i, conn) in parked.into_iter().enumerate() {
+        if i < WRITE_THROUGH_STREAMS {
+            conn.flush();
+        } else {
+            conn.wake();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -271,23 +291,30 @@ impl Hub {
     ) -> Published {
         self.inner.metrics.published.add(channel, 1);
         let shard = self.shard_of(channel, user);
-        let mut guard = lock(&self.inner.shards[shard]);
-        match guard.topics[channel.index()].get_mut(user) {
-            Some(topic) => {
-                let seq = self.inner.next_seq();
-                let id = EventId::pair(self.inner.boot, seq);
-                let frame = sse::encode_event(Some(&id), event, data);
-                let delivered = self.inner.deliver(topic, channel, seq, &id, &frame);
-                Published {
-                    delivered,
-                    id: Some(id),
+        let mut parked = Vec::new();
+        let published = {
+            let mut guard = lock(&self.inner.shards[shard]);
+            match guard.topics[channel.index()].get_mut(user) {
+                Some(topic) => {
+                    let seq = self.inner.next_seq();
+                    let id = EventId::pair(self.inner.boot, seq);
+                    let frame = sse::encode_event(Some(&id), event, data);
+                    let delivered =
+                        self.inner
+                            .deliver(topic, channel, seq, &id, &frame, &mut parked);
+                    Published {
+                        delivered,
+                        id: Some(id),
+                    }
                 }
+                None => Published {
+                    delivered: 0,
+                    id: None,
+                },
             }
-            None => Published {
-                delivered: 0,
-                id: None,
-            },
-        }
+        };
+        flush(parked);
+        published
     }
 
     /// Like [`Hub::publish`], with an id given by the caller: the Kafka position, so every
@@ -333,24 +360,29 @@ impl Hub {
     ) -> Published {
         let inner = &self.inner;
         let shard = self.shard_of(channel, user);
-        let mut guard = lock(&inner.shards[shard]);
-        let current = inner.seq.load(Ordering::Relaxed);
-        let topic = inner.entry(&mut guard, channel, user, current);
-        if topic.history.contains(&id) {
-            return Published {
-                delivered: 0,
-                id: Some(id),
+        let mut parked = Vec::new();
+        let delivered = {
+            let mut guard = lock(&inner.shards[shard]);
+            let current = inner.seq.load(Ordering::Relaxed);
+            let topic = inner.entry(&mut guard, channel, user, current);
+            if topic.history.contains(&id) {
+                return Published {
+                    delivered: 0,
+                    id: Some(id),
+                };
+            }
+            let seq = inner.next_seq();
+            let frame = sse::encode_event(Some(&id), event, data);
+            let delivered = if live {
+                inner.deliver(topic, channel, seq, &id, &frame, &mut parked)
+            } else {
+                inner.record(topic, seq, &id, &frame);
+                0
             };
-        }
-        let seq = inner.next_seq();
-        let frame = sse::encode_event(Some(&id), event, data);
-        let delivered = if live {
-            inner.deliver(topic, channel, seq, &id, &frame)
-        } else {
-            inner.record(topic, seq, &id, &frame);
-            0
+            inner.free_if_unused(&mut guard, channel, user);
+            delivered
         };
-        inner.free_if_unused(&mut guard, channel, user);
+        flush(parked);
         Published {
             delivered,
             id: Some(id),
@@ -374,12 +406,14 @@ impl Hub {
         let frame = sse::encode_event(Some(&id), event, data);
         let mut delivered = 0;
         for shard in inner.shards.iter() {
+            let mut parked = Vec::new();
             {
                 let mut guard = lock(shard);
                 for topic in guard.topics[channel.index()].values_mut() {
-                    delivered += inner.deliver(topic, channel, seq, &id, &frame);
+                    delivered += inner.deliver(topic, channel, seq, &id, &frame, &mut parked);
                 }
             }
+            flush(parked);
             tokio::task::yield_now().await;
         }
         (delivered, id)
@@ -391,6 +425,7 @@ impl Hub {
         let keep_alive = Bytes::from_static(sse::KEEP_ALIVE);
         let (cap, max_bytes) = (self.inner.cfg.queue_size, self.inner.cfg.queue_max_bytes);
         for shard in self.inner.shards.iter() {
+            let mut parked = Vec::new();
             let mut guard = lock(shard);
             for topic in guard.topics_mut() {
                 let metrics = &self.inner.metrics;
@@ -408,6 +443,10 @@ impl Hub {
                     // A keep-alive is not activity: the next tick sends another one.
                     match conn.push(keep_alive.clone(), cap, max_bytes, false) {
                         Push::Queued => true,
+                        Push::Deferred => {
+                            parked.push(conn.clone());
+                            true
+                        }
                         Push::Overflow => {
                             metrics.slow_consumer_disconnects.add(conn.channel, 1);
                             gone()
@@ -416,6 +455,8 @@ impl Hub {
                     }
                 });
             }
+            drop(guard);
+            flush(parked);
         }
     }
 
@@ -557,7 +598,8 @@ impl Inner {
     }
 
     /// Queues `frame` (message `seq`, `id`) to every connection of `topic` and records it in
-    /// the history within the budgets. Returns the connections reached.
+    /// the history within the budgets. Returns the connections reached; the parked ones are
+    /// added to `parked`, for the caller to [`flush`] once it let go of the shard lock.
     fn deliver(
         &self,
         topic: &mut Topic,
@@ -565,6 +607,7 @@ impl Inner {
         seq: u64,
         id: &EventId,
         frame: &Bytes,
+        parked: &mut Vec<Arc<Conn>>,
     ) -> usize {
         let (cap, max_bytes) = (self.cfg.queue_size, self.cfg.queue_max_bytes);
         let mut delivered = 0;
@@ -573,6 +616,11 @@ impl Inner {
             |conn| match conn.push(frame.clone(), cap, max_bytes, true) {
                 Push::Queued => {
                     delivered += 1;
+                    true
+                }
+                Push::Deferred => {
+                    delivered += 1;
+                    parked.push(conn.clone());
                     true
                 }
                 Push::Overflow => {
@@ -1057,5 +1105,230 @@ mod tests {
             EventId::pair(0, 1),
         );
         assert_eq!(tiny.registry_size(), (0, 0));
+    }
+
+    /// A transport that records what publishers write, taking all of it or none.
+    #[derive(Default)]
+    struct Recorder {
+        written: Mutex<Vec<Bytes>>,
+        refuse: AtomicBool,
+        rest: AtomicBool,
+    }
+
+    impl WriteThrough for Recorder {
+        fn write_frames(&self, frames: &[Bytes]) -> bool {
+            if self.refuse.load(Ordering::SeqCst) {
+                self.rest.store(true, Ordering::SeqCst);
+                return false;
+            }
+            lock(&self.written).extend_from_slice(frames);
+            true
+        }
+
+        fn holds_rest(&self) -> bool {
+            self.rest.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `sub` once as its task would, with `waker`: a frame's text, or `None` (pending).
+    fn poll_once(sub: &mut Subscription, waker: &std::task::Waker) -> Option<String> {
+        use http_body::Body as _;
+        let mut cx = std::task::Context::from_waker(waker);
+        match std::pin::Pin::new(sub).poll_frame(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                let data = frame.into_data().unwrap();
+                Some(String::from_utf8(data.to_vec()).unwrap())
+            }
+            std::task::Poll::Ready(None) => Some("<end>".into()),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    /// A subscription of `user` writing through `recorder`, polled until it parked.
+    fn parked(
+        hub: &Hub,
+        user: &str,
+        recorder: &Arc<Recorder>,
+        waker: &std::task::Waker,
+    ) -> Subscription {
+        let mut sub = hub.subscribe(Channel::V2, user, None, None).unwrap();
+        sub.write_through(recorder.clone());
+        assert!(poll_once(&mut sub, waker).unwrap().starts_with("retry:"));
+        // The first `Pending` follows a frame the task still has to write: not parked yet;
+        // polled again with everything written: parked.
+        assert_eq!(poll_once(&mut sub, waker), None);
+        assert_eq!(poll_once(&mut sub, waker), None);
+        sub
+    }
+
+    #[test]
+    fn a_stream_whose_task_holds_a_frame_is_not_written_through() {
+        let hub = hub(8, 10);
+        let recorder = Arc::new(Recorder::default());
+        let waker = std::task::Waker::from(Arc::new(Wakes::default()));
+        let mut sub = hub.subscribe(Channel::V2, "u", None, None).unwrap();
+        sub.write_through(recorder.clone());
+        assert!(poll_once(&mut sub, &waker).unwrap().starts_with("retry:"));
+        assert_eq!(poll_once(&mut sub, &waker), None);
+        hub.publish(Channel::V2, "u", None, "to the task");
+        assert!(
+            lock(&recorder.written).is_empty(),
+            "written while the task held the stream"
+        );
+        let text = poll_once(&mut sub, &waker).unwrap();
+        assert!(text.ends_with("data: to the task\n\n"), "{text}");
+    }
+
+    #[test]
+    fn a_parked_stream_is_written_by_its_publisher_and_its_task_sleeps() {
+        let hub = hub(8, 10);
+        let recorder = Arc::new(Recorder::default());
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut sub = parked(&hub, "u", &recorder, &waker);
+        let before = wakes.0.load(Ordering::SeqCst);
+        for i in 0..3 {
+            assert_eq!(
+                hub.publish(Channel::V2, "u", None, &format!("m{i}"))
+                    .delivered,
+                1
+            );
+        }
+        let written: Vec<String> = lock(&recorder.written)
+            .iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect();
+        assert_eq!(written.len(), 3, "{written:?}");
+        assert!(written[2].ends_with("data: m2\n\n"), "{written:?}");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before, "the task was woken");
+        assert_eq!(
+            poll_once(&mut sub, &waker),
+            None,
+            "a written frame was queued too"
+        );
+
+        // A message over the write-through budget goes to the task, which is woken for it.
+        let big = "x".repeat(queue::WRITE_THROUGH_BYTES);
+        hub.publish(Channel::V2, "u", None, &big);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before + 1);
+        assert!(poll_once(&mut sub, &waker).unwrap().contains(&big));
+        assert_eq!(lock(&recorder.written).len(), 3);
+
+        // Ending the stream (an expired token) goes through the queue, after what is there.
+        assert_eq!(poll_once(&mut sub, &waker), None);
+        assert_eq!(poll_once(&mut sub, &waker), None);
+        hub.publish(Channel::V2, "u", None, "last");
+        sub.end_with(Bytes::from_static(b"event: auth_expired\n\n"));
+        let mut rest = Vec::new();
+        while let Some(text) = poll_once(&mut sub, &waker) {
+            let end = text == "<end>";
+            rest.push(text);
+            if end {
+                break;
+            }
+        }
+        // "last" went out by write-through before the end was queued; the end by the task.
+        assert!(lock(&recorder.written)[3].ends_with(b"data: last\n\n"));
+        assert_eq!(rest, ["event: auth_expired\n\n", "<end>"]);
+    }
+
+    #[test]
+    fn a_write_the_socket_does_not_finish_hands_the_stream_back_to_its_task() {
+        let hub = hub(8, 10);
+        let recorder = Arc::new(Recorder::default());
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut sub = parked(&hub, "u", &recorder, &waker);
+        let before = wakes.0.load(Ordering::SeqCst);
+        recorder.refuse.store(true, Ordering::SeqCst);
+        hub.publish(Channel::V2, "u", None, "kept by the transport");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before + 1, "not woken");
+        // Not parked again while the transport keeps a rest: the next message is queued.
+        assert_eq!(poll_once(&mut sub, &waker), None);
+        assert_eq!(poll_once(&mut sub, &waker), None);
+        hub.publish(Channel::V2, "u", None, "queued");
+        assert!(
+            poll_once(&mut sub, &waker)
+                .unwrap()
+                .ends_with("data: queued\n\n")
+        );
+        // Once the task took the rest, it parks again.
+        recorder.rest.store(false, Ordering::SeqCst);
+        recorder.refuse.store(false, Ordering::SeqCst);
+        assert_eq!(poll_once(&mut sub, &waker), None);
+        assert_eq!(poll_once(&mut sub, &waker), None);
+        hub.publish(Channel::V2, "u", None, "through again");
+        assert!(lock(&recorder.written)[0].ends_with(b"data: through again\n\n"));
+    }
+
+    #[test]
+    fn a_large_fan_out_writes_through_a_bounded_number_and_wakes_the_rest() {
+        let hub = hub(8, 10);
+        let recorder = Arc::new(Recorder::default());
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut subs: Vec<_> = (0..WRITE_THROUGH_STREAMS + 10)
+            .map(|_| parked(&hub, "u", &recorder, &waker))
+            .collect();
+        lock(&recorder.written).clear();
+        let before = wakes.0.load(Ordering::SeqCst);
+        let p = hub.publish(Channel::V2, "u", None, "to all");
+        assert_eq!(p.delivered, WRITE_THROUGH_STREAMS + 10);
+        assert_eq!(lock(&recorder.written).len(), WRITE_THROUGH_STREAMS);
+        assert_eq!(wakes.0.load(Ordering::SeqCst) - before, 10);
+        // Each stream got it exactly once: written through, or by its own task.
+        let by_task = subs
+            .iter_mut()
+            .filter_map(|sub| poll_once(sub, &waker))
+            .filter(|text| text.ends_with("data: to all\n\n"))
+            .count();
+        assert_eq!(by_task, 10);
+    }
+
+    #[test]
+    fn publishers_on_many_threads_write_a_parked_stream_in_order() {
+        let hub = hub(64, 10);
+        let recorder = Arc::new(Recorder::default());
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let _sub = parked(&hub, "u", &recorder, &waker);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let hub = hub.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        hub.publish(Channel::V2, "u", None, &format!("{t}-{i}"));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let seqs: Vec<u64> = lock(&recorder.written)
+            .iter()
+            .map(|frame| {
+                let text = std::str::from_utf8(frame).unwrap();
+                let id = text
+                    .strip_prefix("id: ")
+                    .unwrap()
+                    .split('\n')
+                    .next()
+                    .unwrap();
+                id.rsplit_once('-').unwrap().1.parse().unwrap()
+            })
+            .collect();
+        assert_eq!(seqs.len(), 2000);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "out of order");
     }
 }

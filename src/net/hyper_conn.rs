@@ -123,7 +123,7 @@ async fn serve_h1<I>(io: I, app: Router, conn: &Connection) -> Option<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let token = ConnectionKill(conn.kill.clone());
+    let token = ConnectionKill::new(conn.kill.clone());
     let peer = PeerAddr(conn.peer);
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(token.clone());
@@ -172,7 +172,7 @@ where
         // Killing this token resets this stream only; the connection's kill ends them all.
         let kill = connection_kill.child_token();
         *handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(kill.clone());
-        req.extensions_mut().insert(ConnectionKill(kill));
+        req.extensions_mut().insert(ConnectionKill::new(kill));
         req.extensions_mut().insert(peer);
         app.clone().oneshot(req)
     });

@@ -15,13 +15,20 @@
 //! chunk, and every frame's bytes are the shared [`Bytes`] of the Hub: nothing is copied per
 //! connection. While streaming, the socket is watched for the client going away.
 //!
+//! The socket is also handed to the Hub as a [`WriteThrough`] ([`Socket`]): while the stream
+//! is parked, a publisher writes its frames to the socket itself, and the stream's task is not
+//! woken at all (the rules are in `hub::queue`). What the socket did not take at once is kept
+//! in the [`Socket`], and the task writes it before anything else.
+//!
 //! [`ConnectionKill`]: crate::api::ConnectionKill
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
@@ -40,6 +47,7 @@ use tower::ServiceExt;
 
 use super::{Connection, Shared};
 use crate::api::{ConnectionKill, PeerAddr};
+use crate::hub::WriteThrough;
 
 /// Largest request head taken by the lean path; a longer one (say, many cookies) goes to hyper.
 /// Peeked into a stack buffer, so it costs nothing per connection.
@@ -181,9 +189,14 @@ pub(crate) async fn serve(
     if consume(stream, head_len).await.is_err() {
         return After::Close;
     }
-    request
-        .extensions_mut()
-        .insert(ConnectionKill(conn.kill.clone()));
+    let socket = Socket::new(stream.as_raw_fd());
+    // Whatever ends this response (its end, the client, a kill, the task dropped), publishers
+    // stop writing to the descriptor before the stream, which outlives this call, closes it.
+    let _detach = Detach(socket.clone());
+    request.extensions_mut().insert(ConnectionKill {
+        token: conn.kill.clone(),
+        socket: Some(socket.clone()),
+    });
     request.extensions_mut().insert(PeerAddr(conn.peer));
     let response = match app.clone().oneshot(request).await {
         Ok(response) => response,
@@ -191,7 +204,16 @@ pub(crate) async fn serve(
     };
     let close = asks_to_close(&response);
     let (head, body, chunked) = encode_head(response);
-    let after = match write_response(stream, head, body, chunked, &conn.kill, &conn.shared).await {
+    let written = write_response(
+        stream,
+        head,
+        body,
+        chunked,
+        socket,
+        &conn.kill,
+        &conn.shared,
+    );
+    let after = match written.await {
         Written::Done(after) => after,
         Written::TimedOut => {
             conn.write_timed_out();
@@ -301,6 +323,7 @@ async fn write_response(
     head: Vec<u8>,
     body: Body,
     chunked: bool,
+    socket: Arc<Socket>,
     kill: &CancellationToken,
     shared: &Shared,
 ) -> Written {
@@ -308,6 +331,7 @@ async fn write_response(
         stream,
         body,
         chunked,
+        socket,
         unwritten: vec![Bytes::from(head)],
         ending: false,
         shared,
@@ -346,6 +370,8 @@ struct Pump<'a> {
     stream: &'a TcpStream,
     body: Body,
     chunked: bool,
+    /// What publishers wrote to the socket themselves and it did not take: written first.
+    socket: Arc<Socket>,
     /// Bytes not yet written, in order: the response head at first, then only what the socket
     /// did not take at once (empty, without allocation, while it keeps up).
     unwritten: Vec<Bytes>,
@@ -513,6 +539,10 @@ impl Pump<'_> {
                 }
                 continue;
             }
+            if let Some(rest) = self.socket.take_rest() {
+                self.unwritten = rest;
+                continue;
+            }
             if self.ending {
                 return Poll::Ready(Ok(()));
             }
@@ -545,6 +575,15 @@ impl Pump<'_> {
             }
             let frames = &frames[..count];
             let size = ChunkSize::new(frames.iter().flatten().map(Bytes::len).sum());
+            if let Some(mut rest) = self.socket.take_rest() {
+                // A publisher's write the socket did not finish, kept before this poll took
+                // the stream back: it goes out first (rare, so these pieces are allocated).
+                rest.extend(
+                    pieces(&size, frames, self.chunked, self.ending).map(Bytes::copy_from_slice),
+                );
+                self.unwritten = rest;
+                continue;
+            }
             let mut slices = [IoSlice::new(&[]); MAX_BATCH + 3];
             let mut used = 0;
             for (slice, piece) in
@@ -593,10 +632,119 @@ impl Pump<'_> {
                 return Poll::Ready(Ok(()));
             }
             if drained {
-                return self.idle();
+                // Polled once more, with everything written: that `Pending` parks the stream,
+                // so the next message is written by its publisher without waking this task.
+                continue;
             }
         }
     }
+}
+
+/// A lean response's socket as publishers see it ([`WriteThrough`]): they write a parked
+/// stream's frames to it, framed as one chunk, with one `sendmsg`; what it does not take at
+/// once stays here until the stream's [`Pump`] takes it.
+pub(crate) struct Socket {
+    state: Mutex<SocketState>,
+    /// `state.rest` is not empty (read without the lock on every poll).
+    has_rest: AtomicBool,
+}
+
+struct SocketState {
+    /// The connection's descriptor, open for as long as this is `Some`: [`Detach`] clears it
+    /// before the stream can be closed.
+    fd: Option<RawFd>,
+    /// Bytes of a write the socket did not finish, in order.
+    rest: Vec<Bytes>,
+}
+
+impl Socket {
+    fn new(fd: RawFd) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(SocketState {
+                fd: Some(fd),
+                rest: Vec::new(),
+            }),
+            has_rest: AtomicBool::new(false),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SocketState> {
+        // Nothing panics while holding it; recover the data if anything ever did.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bytes a publisher's write left, if any.
+    fn take_rest(&self) -> Option<Vec<Bytes>> {
+        if !self.has_rest.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut state = self.state();
+        self.has_rest.store(false, Ordering::Release);
+        Some(std::mem::take(&mut state.rest))
+    }
+}
+
+impl WriteThrough for Socket {
+    fn write_frames(&self, frames: &[Bytes]) -> bool {
+        let mut state = self.state();
+        let Some(fd) = state.fd else {
+            return false;
+        };
+        let size = ChunkSize::new(frames.iter().map(Bytes::len).sum());
+        let mut slices = [IoSlice::new(&[]); MAX_BATCH + 2];
+        let pieces = std::iter::once(size.as_bytes())
+            .chain(frames.iter().map(|f| &f[..]))
+            .chain(std::iter::once(&b"\r\n"[..]));
+        let mut used = 0;
+        for (slice, piece) in slices.iter_mut().zip(pieces) {
+            *slice = IoSlice::new(piece);
+            used += 1;
+        }
+        // More frames than one `sendmsg` takes (the Hub sends fewer) are all kept, none sent.
+        let fits = frames.len() + 2 <= slices.len();
+        let total: usize = slices[..used].iter().map(|s| s.len()).sum();
+        let written = if fits { send(fd, &slices[..used]) } else { 0 };
+        if fits && written == total {
+            return true;
+        }
+        // Kept for the pump, which this call's caller wakes. A failed write keeps everything:
+        // the pump's own write then meets the error and ends the connection.
+        let mut rest: Vec<Bytes> = std::iter::once(Bytes::copy_from_slice(size.as_bytes()))
+            .chain(frames.iter().cloned())
+            .chain(std::iter::once(Bytes::from_static(b"\r\n")))
+            .collect();
+        advance(&mut rest, written);
+        state.rest = rest;
+        self.has_rest.store(true, Ordering::Release);
+        false
+    }
+
+    fn holds_rest(&self) -> bool {
+        self.has_rest.load(Ordering::Acquire)
+    }
+}
+
+/// Ends publishers' writes to a [`Socket`] when dropped.
+struct Detach(Arc<Socket>);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        self.0.state().fd = None;
+    }
+}
+
+/// One `sendmsg` of `slices` on `fd` without waiting (and without `SIGPIPE`); the bytes
+/// written, 0 when it would block or failed.
+fn send(fd: RawFd, slices: &[IoSlice<'_>]) -> usize {
+    // SAFETY: an all-zero `msghdr` is valid (no name, no control data); `IoSlice` is
+    // guaranteed to be ABI compatible with `iovec` on Unix, and `slices` outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = slices.as_ptr().cast_mut().cast();
+    msg.msg_iovlen = slices.len() as _;
+    // SAFETY: `fd` is the open descriptor of the response's socket: the caller holds the
+    // socket's state lock, and the descriptor stays open while it is recorded there.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    usize::try_from(n).unwrap_or(0)
 }
 
 /// The bytes one write sends, in order: for a chunked body `"{len:x}\r\n"`, the frames and
@@ -840,7 +988,9 @@ mod tests {
                 .body(Body::from("{}"))
                 .unwrap();
             let (head, body, chunked) = encode_head(response);
-            let after = write_response(&server, head, body, chunked, &kill, &shared).await;
+            let socket = Socket::new(server.as_raw_fd());
+            let after = write_response(&server, head, body, chunked, socket, &kill, &shared);
+            let after = after.await;
             assert_eq!(after, Written::Done(After::KeepAlive));
             let mut buf = [0u8; 64];
             let n = server.try_read(&mut buf).unwrap();
