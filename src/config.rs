@@ -234,12 +234,12 @@ pub struct Config {
     )]
     pub static_dir: PathBuf,
 
-    /// Tokio worker threads serving connections. One by default: delivering a message is
-    /// mostly system calls, and with more workers each wake-up that crosses threads costs a
-    /// futex wake and a park, about half the CPU per delivery at 2,000 msgs/s (BENCHMARKS.md).
-    /// Raise it when one core is saturated (large fan-outs at high rates on a many-core box).
-    #[arg(long, env = "SSE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub worker_threads: u16,
+    /// Threads serving connections. Default: every core the process may run on
+    /// (`available_parallelism`, which respects CPU affinity and cgroup quotas). Each thread
+    /// runs its own event loop and keeps the connections it was given (see `net::cores`;
+    /// figures in BENCHMARKS.md, "Every core").
+    #[arg(long, env = "SSE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 
     /// Streams (SSE responses) open at once, all users together; over it a stream request gets
     /// `503` with `Retry-After`. Default: the open-file limit minus a reserve (a tenth, 64 to
@@ -324,6 +324,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Threads serving connections: `--worker-threads`, else every core the process may use.
+    pub fn worker_threads(&self) -> usize {
+        match self.worker_threads {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+
     /// The store `--store` resolves to.
     pub fn store_kind(&self) -> StoreKind {
         match self.store {

@@ -8,9 +8,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // Built by hand rather than with `#[tokio::main]`: the worker count is configuration.
+    // One worker: it accepts connections, serves its share of them and runs the background
+    // tasks; the other `--worker-threads` are single-threaded runtimes of their own
+    // (`net::cores`), not workers of this one.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(cli.config.worker_threads))
+        .worker_threads(1)
         .enable_all()
         .build();
     match runtime {

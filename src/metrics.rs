@@ -4,7 +4,8 @@
 //! and a scrape reads them without locking anything.
 
 use std::fmt::{Display, Write as _};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::domain::Channel;
 
@@ -57,6 +58,8 @@ pub struct Metrics {
     pub write_timeouts: AtomicU64,
     /// Connections closed at accept because the process was at its open-file budget.
     pub accept_refused: AtomicU64,
+    /// Connections served by each worker thread now (set once the listener's threads run).
+    pub worker_connections: OnceLock<Vec<Arc<AtomicUsize>>>,
     /// Report events in the store's outbox, not yet relayed (as of the relay's last pass).
     pub outbox_events: AtomicI64,
     /// Age of the oldest of them, in milliseconds (0 when there is none).
@@ -230,6 +233,16 @@ impl Metrics {
             "Connections closed at accept: the process was at its open-file budget.",
             &self.accept_refused.load(Ordering::Relaxed),
         );
+        if let Some(workers) = self.worker_connections.get() {
+            let _ = writeln!(
+                out,
+                "# HELP sse_worker_connections Connections served by each worker thread now.\n# TYPE sse_worker_connections gauge"
+            );
+            for (worker, open) in workers.iter().enumerate() {
+                let v = open.load(Ordering::Relaxed);
+                let _ = writeln!(out, "sse_worker_connections{{worker=\"{worker}\"}} {v}");
+            }
+        }
         single(
             &mut out,
             "sse_outbox_events",

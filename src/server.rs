@@ -149,6 +149,7 @@ pub async fn run(
         max_open,
         metrics: state.metrics.clone(),
         tls,
+        cores: config.worker_threads(),
     };
     let app = api::app(state);
     let trigger = async {

@@ -970,6 +970,7 @@ mod tests {
                 max_open: None,
                 metrics: Default::default(),
                 tls: None,
+                cores: 1,
             },
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_SLOTS)),
         };

@@ -8,8 +8,15 @@
 //! and shutdown fires all of them when the grace period is over. It also lets SSE
 //! subscriptions take the [`lean`] path, which keeps an idle stream's memory small.
 //!
+//! Connections are served on [`cores`]: the runtime that accepts them and one more
+//! single-threaded runtime per extra worker thread, each on its own thread and parked in its own
+//! `epoll`. A connection stays on the core it was handed to (the least loaded at accept), so no
+//! worker ever steals, wakes or waits for another; what crosses cores is the publish itself,
+//! written straight to a parked stream's socket by its publisher (see `hub::queue`).
+//!
 //! [`ConnectionKill`]: crate::api::ConnectionKill
 
+pub mod cores;
 pub mod hyper_conn;
 pub mod lean;
 pub mod tls;
@@ -46,6 +53,9 @@ pub struct Settings {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Serve HTTPS (`--tls-cert`): every connection starts with a TLS handshake.
     pub tls: Option<Arc<tls::Tls>>,
+    /// Threads serving connections (`--worker-threads`), this one included: 1 serves every
+    /// connection on the runtime that accepts them.
+    pub cores: usize,
 }
 
 /// File descriptors left to the store, the Kafka client and logs when every other one is a
@@ -121,6 +131,16 @@ pub async fn serve(
     let settings = &shared.settings;
     let grace = settings.grace;
     let connections = TaskTracker::new();
+    let cores = match cores::Cores::start(settings.cores) {
+        Ok(cores) => cores,
+        Err(e) => {
+            // Fewer threads than configured, not none: say so and serve on this one.
+            tracing::error!(error = %e, "cannot start the worker threads; serving on one");
+            cores::Cores::single()
+        }
+    };
+    // One listener per server: the first one's threads are the ones `/metrics` shows.
+    let _ = settings.metrics.worker_connections.set(cores.counters());
     let mut accept_log = LogLimit::new(ACCEPT_LOG_INTERVAL);
     // Cancelled when the grace period is over: every connection still open is dropped.
     let hard_stop = CancellationToken::new();
@@ -136,13 +156,16 @@ pub async fn serve(
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let conn = Connection {
-                        peer,
-                        shared: shared.clone(),
-                        stop: stop.clone(),
-                        kill: hard_stop.child_token(),
-                    };
-                    connections.spawn(serve_connection(stream, app.clone(), conn));
+                    cores.spawn(&connections, stream, |incoming, counted| {
+                        let conn = Connection {
+                            peer,
+                            shared: shared.clone(),
+                            stop: stop.clone(),
+                            kill: hard_stop.child_token(),
+                            _counted: counted,
+                        };
+                        serve_connection(incoming, app.clone(), conn)
+                    });
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning, and log at most
@@ -172,6 +195,7 @@ pub async fn serve(
         hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
     }
+    cores.stop().await;
 }
 
 /// One accepted connection's context.
@@ -190,6 +214,8 @@ pub(crate) struct Connection {
     pub stop: CancellationToken,
     /// Closes the connection now (slow consumer, end of the grace period).
     pub kill: CancellationToken,
+    /// Counts the connection on its core while it lives.
+    pub _counted: cores::Counted,
 }
 
 impl Connection {
@@ -211,7 +237,11 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Serves one TCP connection. HTTPS: hyper after the handshake. Cleartext: SSE subscriptions
 /// on the [`lean`] path while the requests are plain SSE GETs, then (for anything else) hyper
 /// on the same, unconsumed socket, with HTTP/2 when the client opens with its preface.
-async fn serve_connection(mut stream: TcpStream, app: Router, conn: Connection) {
+async fn serve_connection(incoming: cores::Incoming, app: Router, conn: Connection) {
+    let Ok(mut stream) = incoming.register() else {
+        tracing::debug!(peer = %conn.peer, "cannot register a connection with its core");
+        return;
+    };
     if let Some(tls) = &conn.shared.settings.tls {
         let acceptor = tls.acceptor().clone();
         Box::pin(hyper_conn::serve_tls(stream, acceptor, app, conn)).await;

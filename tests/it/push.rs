@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Sse, TestServer, client};
+use crate::support::{RawStream, Sse, TestServer, client, metric_in};
 
 #[tokio::test]
 async fn message_reaches_every_tab_and_closing_one_leaves_the_other() {
@@ -211,5 +211,64 @@ async fn a_retried_message_is_delivered_once_with_the_first_id() {
     // Bob's m-1 is his own.
     let (status, body) = keyed_post(&server, "/v2/message?username=bob", "m-1", "hi bob").await;
     assert_eq!((status, body["delivered"].as_u64()), (200, Some(0)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_users_tabs_on_different_worker_threads_each_get_every_message_in_order() {
+    let server = TestServer::start_with(|c| c.worker_threads = Some(3)).await;
+    // Six tabs of one user, opened one after the other: the least loaded thread takes each.
+    let mut tabs = Vec::new();
+    for _ in 0..6 {
+        tabs.push(RawStream::open(server.addr, "/v2/sse?username=spread", "").await);
+    }
+    let text = server.metrics_text().await;
+    for worker in 0..3 {
+        let sample = format!(r#"sse_worker_connections{{worker="{worker}"}}"#);
+        let open = metric_in(&text, &sample).unwrap_or(0.0);
+        assert!(open >= 2.0, "{sample} = {open}\n{text}");
+    }
+    // Three publishers at once, on connections of their own (so on any thread).
+    let publishers: Vec<_> = (0..3)
+        .map(|p| {
+            let url = server.url("/v2/message?username=spread");
+            tokio::spawn(async move {
+                let client = client();
+                for i in 0..100 {
+                    let response = client.post(&url).body(format!("{p}-{i}")).send().await;
+                    assert_eq!(response.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let mut orders = Vec::new();
+    for tab in &mut tabs {
+        let got: Vec<String> = tab
+            .read_messages(300)
+            .await
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        for p in 0..3 {
+            let mine: Vec<&String> = got
+                .iter()
+                .filter(|m| m.starts_with(&format!("{p}-")))
+                .collect();
+            let expected: Vec<String> = (0..100).map(|i| format!("{p}-{i}")).collect();
+            assert!(
+                mine.iter().copied().eq(expected.iter()),
+                "publisher {p}: {mine:?}"
+            );
+        }
+        orders.push(got);
+    }
+    // Every tab saw the same order (that of the ids).
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "the tabs disagree on the order"
+    );
     server.stop().await;
 }
