@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    one_malloc_arena();
     // One worker: it accepts connections, serves its share of them and runs the background
     // tasks; the other `--worker-threads` are single-threaded runtimes of their own
     // (`net::cores`), not workers of this one.
@@ -20,6 +21,22 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// glibc gives each thread that allocates its own arena. An idle stream's allocations are
+/// made on its worker thread, and with a second arena an idle stream cost about 300 B more
+/// (3,131–3,145 B per idle connection with two worker threads, 2,828–2,873 B with one arena).
+/// One arena costs some CPU when threads allocate at once (about a tenth more per delivery at
+/// 2,000 msgs/s with two threads: BENCHMARKS.md, "Every core"); memory per stream is what this
+/// server keeps small, so one it is. An operator's `MALLOC_ARENA_MAX` is left alone.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: `mallopt` only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

@@ -4,8 +4,8 @@
 //! and a scrape reads them without locking anything.
 
 use std::fmt::{Display, Write as _};
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::domain::Channel;
 
@@ -59,7 +59,7 @@ pub struct Metrics {
     /// Connections closed at accept because the process was at its open-file budget.
     pub accept_refused: AtomicU64,
     /// Connections served by each worker thread now (set once the listener's threads run).
-    pub worker_connections: OnceLock<Vec<Arc<AtomicUsize>>>,
+    pub worker_connections: OnceLock<Vec<tokio_util::task::TaskTracker>>,
     /// Report events in the store's outbox, not yet relayed (as of the relay's last pass).
     pub outbox_events: AtomicI64,
     /// Age of the oldest of them, in milliseconds (0 when there is none).
@@ -238,8 +238,8 @@ impl Metrics {
                 out,
                 "# HELP sse_worker_connections Connections served by each worker thread now.\n# TYPE sse_worker_connections gauge"
             );
-            for (worker, open) in workers.iter().enumerate() {
-                let v = open.load(Ordering::Relaxed);
+            for (worker, tracker) in workers.iter().enumerate() {
+                let v = tracker.len();
                 let _ = writeln!(out, "sse_worker_connections{{worker=\"{worker}\"}} {v}");
             }
         }

@@ -9,8 +9,6 @@
 //! loop's own core takes its share without a hand-over.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpStream;
 use tokio::runtime::{Builder, Handle};
@@ -29,8 +27,10 @@ pub struct Cores {
 struct Core {
     /// `None`: the accept loop's runtime (spawned on directly).
     handle: Option<Handle>,
-    /// Connections served here now.
-    open: Arc<AtomicUsize>,
+    /// The connections served here: counted, closed and waited for at shutdown. (A tracker
+    /// per core rather than a counter in each connection's future: that future's size is
+    /// every idle connection's memory, rounded up to Tokio's 128-byte task cells.)
+    tracker: TaskTracker,
 }
 
 impl Cores {
@@ -39,7 +39,7 @@ impl Cores {
         Self {
             cores: vec![Core {
                 handle: None,
-                open: Arc::default(),
+                tracker: TaskTracker::new(),
             }],
             stop: CancellationToken::new(),
             threads: Vec::new(),
@@ -72,50 +72,66 @@ impl Cores {
             }
             cores.cores.push(Core {
                 handle: Some(handle),
-                open: Arc::default(),
+                tracker: TaskTracker::new(),
             });
         }
         Ok(cores)
     }
 
     /// Serves `stream` on the core with the fewest connections, with the future `serve`
-    /// makes of it (here, at once: the future alone lives on the core, not the closure),
-    /// tracked by `tracker`. [`Incoming::register`] gives the future the stream on its core.
-    pub fn spawn<F, Fut>(&self, tracker: &TaskTracker, stream: TcpStream, serve: F)
+    /// makes of it (here, at once: only the future goes to the core). The stream is
+    /// registered with that core's reactor first; one that cannot be is closed.
+    pub fn spawn<F, Fut>(&self, stream: TcpStream, serve: F)
     where
-        F: FnOnce(Incoming, Counted) -> Fut,
+        F: FnOnce(TcpStream) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let core = self
             .cores
             .iter()
-            .min_by_key(|core| core.open.load(Ordering::Relaxed))
+            .min_by_key(|core| core.tracker.len())
             .unwrap_or(&self.cores[0]);
-        let counted = Counted::new(core.open.clone());
-        match &core.handle {
-            None => {
-                tracker.spawn(serve(Incoming::Here(stream), counted));
-            }
-            Some(handle) => match stream.into_std() {
-                Ok(stream) => {
-                    handle.spawn(tracker.track_future(serve(Incoming::Moved(stream), counted)));
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot hand a connection to its core"),
-            },
+        let Some(handle) = &core.handle else {
+            core.tracker.spawn(serve(stream));
+            return;
+        };
+        let moved = stream.into_std().and_then(|stream| {
+            let _core = handle.enter();
+            TcpStream::from_std(stream)
+        });
+        match moved {
+            Ok(stream) => drop(handle.spawn(core.tracker.track_future(serve(stream)))),
+            Err(e) => tracing::debug!(error = %e, "cannot hand a connection to its core"),
         }
+    }
+
+    /// Connections served now, all cores together.
+    pub fn len(&self) -> usize {
+        self.cores.iter().map(|core| core.tracker.len()).sum()
+    }
+
+    /// Whether no connection is served now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Connections served on each core now (the accept loop's first).
     pub fn load(&self) -> Vec<usize> {
-        self.cores
-            .iter()
-            .map(|core| core.open.load(Ordering::Relaxed))
-            .collect()
+        self.cores.iter().map(|core| core.tracker.len()).collect()
     }
 
-    /// The counters behind [`Cores::load`], for `/metrics`.
-    pub fn counters(&self) -> Vec<Arc<AtomicUsize>> {
-        self.cores.iter().map(|core| core.open.clone()).collect()
+    /// The trackers behind [`Cores::load`], for `/metrics`.
+    pub fn trackers(&self) -> Vec<TaskTracker> {
+        self.cores.iter().map(|core| core.tracker.clone()).collect()
+    }
+
+    /// Waits until every connection spawned so far is done (no new ones are taken meanwhile:
+    /// the accept loop stopped).
+    pub async fn wait(&self) {
+        for core in &self.cores {
+            core.tracker.close();
+            core.tracker.wait().await;
+        }
     }
 
     /// Ends the extra cores' threads (once their connections are done) and waits for them.
@@ -131,40 +147,6 @@ impl Cores {
     }
 }
 
-/// An accepted connection on its way to its core.
-pub enum Incoming {
-    /// Registered with the accept loop's runtime, which serves it.
-    Here(TcpStream),
-    /// Taken out of the accept loop's reactor, to be registered with its core's.
-    Moved(std::net::TcpStream),
-}
-
-impl Incoming {
-    /// The stream, registered with the runtime this is called on (its core's).
-    pub fn register(self) -> std::io::Result<TcpStream> {
-        match self {
-            Incoming::Here(stream) => Ok(stream),
-            Incoming::Moved(stream) => TcpStream::from_std(stream),
-        }
-    }
-}
-
-/// One connection counted on its core while it lives.
-pub struct Counted(Arc<AtomicUsize>);
-
-impl Counted {
-    fn new(open: Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        Self(open)
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,7 +156,6 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cores = Cores::start(3).unwrap();
-        let tracker = TaskTracker::new();
         let release = CancellationToken::new();
         let (names, mut seen) = tokio::sync::mpsc::unbounded_channel();
         let mut clients = Vec::new();
@@ -182,19 +163,22 @@ mod tests {
             clients.push(TcpStream::connect(addr).await.unwrap());
             let (stream, _) = listener.accept().await.unwrap();
             let (names, release) = (names.clone(), release.clone());
-            cores.spawn(&tracker, stream, move |incoming, counted| async move {
-                let _counted = counted;
-                let _stream = incoming.register().unwrap();
+            cores.spawn(stream, move |stream| async move {
+                // Registered with this thread's reactor: it can be read here.
+                let ready = stream.writable().await;
                 let name = std::thread::current().name().map(str::to_owned);
-                let _ = names.send(name);
+                let _ = names.send((name, ready.is_ok()));
                 release.cancelled().await;
             });
         }
         let mut threads = Vec::new();
         for _ in 0..6 {
-            threads.push(seen.recv().await.unwrap());
+            let (name, ready) = seen.recv().await.unwrap();
+            assert!(ready);
+            threads.push(name);
         }
         assert_eq!(cores.load(), [2, 2, 2]);
+        assert_eq!(cores.len(), 6);
         for index in 1..3 {
             let name = format!("sse-core-{index}");
             let on = threads
@@ -204,9 +188,8 @@ mod tests {
             assert_eq!(on, 2, "{threads:?}");
         }
         release.cancel();
-        tracker.close();
-        tracker.wait().await;
-        assert_eq!(cores.load(), [0, 0, 0]);
+        cores.wait().await;
+        assert!(cores.is_empty());
         cores.stop().await;
     }
 }

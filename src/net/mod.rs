@@ -29,7 +29,6 @@ use std::time::Duration;
 use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Listen backlog: deep enough for bursts of thousands of connects (the kernel caps it at
 /// `net.core.somaxconn`). Tokio's default of 1024 overflowed under such bursts, and each
@@ -130,7 +129,6 @@ pub async fn serve(
     });
     let settings = &shared.settings;
     let grace = settings.grace;
-    let connections = TaskTracker::new();
     let cores = match cores::Cores::start(settings.cores) {
         Ok(cores) => cores,
         Err(e) => {
@@ -140,7 +138,7 @@ pub async fn serve(
         }
     };
     // One listener per server: the first one's threads are the ones `/metrics` shows.
-    let _ = settings.metrics.worker_connections.set(cores.counters());
+    let _ = settings.metrics.worker_connections.set(cores.trackers());
     let mut accept_log = LogLimit::new(ACCEPT_LOG_INTERVAL);
     // Cancelled when the grace period is over: every connection still open is dropped.
     let hard_stop = CancellationToken::new();
@@ -149,23 +147,20 @@ pub async fn serve(
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    if settings.max_open.is_some_and(|max| connections.len() >= max) {
+                    if settings.max_open.is_some_and(|max| cores.len() >= max) {
                         // At the descriptor budget: say so and let go at once.
                         settings.metrics.accept_refused.fetch_add(1, Ordering::Relaxed);
                         let _ = stream.try_write(FULL_RESPONSE);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    cores.spawn(&connections, stream, |incoming, counted| {
-                        let conn = Connection {
-                            peer,
-                            shared: shared.clone(),
-                            stop: stop.clone(),
-                            kill: hard_stop.child_token(),
-                            _counted: counted,
-                        };
-                        serve_connection(incoming, app.clone(), conn)
-                    });
+                    let conn = Connection {
+                        peer,
+                        shared: shared.clone(),
+                        stop: stop.clone(),
+                        kill: hard_stop.child_token(),
+                    };
+                    cores.spawn(stream, |stream| serve_connection(stream, app.clone(), conn));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning, and log at most
@@ -180,20 +175,16 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(
-        open = connections.len(),
+        open = cores.len(),
         "shutting down: ending streams and closing connections"
     );
-    connections.close();
-    if tokio::time::timeout(grace, connections.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, cores.wait()).await.is_err() {
         tracing::warn!(
-            open = connections.len(),
+            open = cores.len(),
             "grace period over, closing remaining connections"
         );
         hard_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), cores.wait()).await;
     }
     cores.stop().await;
 }
@@ -214,8 +205,6 @@ pub(crate) struct Connection {
     pub stop: CancellationToken,
     /// Closes the connection now (slow consumer, end of the grace period).
     pub kill: CancellationToken,
-    /// Counts the connection on its core while it lives.
-    pub _counted: cores::Counted,
 }
 
 impl Connection {
@@ -237,11 +226,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Serves one TCP connection. HTTPS: hyper after the handshake. Cleartext: SSE subscriptions
 /// on the [`lean`] path while the requests are plain SSE GETs, then (for anything else) hyper
 /// on the same, unconsumed socket, with HTTP/2 when the client opens with its preface.
-async fn serve_connection(incoming: cores::Incoming, app: Router, conn: Connection) {
-    let Ok(mut stream) = incoming.register() else {
-        tracing::debug!(peer = %conn.peer, "cannot register a connection with its core");
-        return;
-    };
+async fn serve_connection(mut stream: TcpStream, app: Router, conn: Connection) {
     if let Some(tls) = &conn.shared.settings.tls {
         let acceptor = tls.acceptor().clone();
         Box::pin(hyper_conn::serve_tls(stream, acceptor, app, conn)).await;
