@@ -62,7 +62,9 @@ const MAX_BATCH: usize = 32;
 /// a request arriving meanwhile waited for all of them.
 const TURN_BYTES: usize = 64 * 1024;
 /// Bytes a connection writes per wake-up without a bulk slot: enough for the messages of
-/// ordinary traffic, which therefore never touch the slots.
+/// ordinary traffic, which therefore never touch the slots. A wake-up with more to write
+/// writes none of it before it holds a slot: a large broadcast to 10,000 streams then wakes
+/// them for a cheap poll each, not for 10,000 copies of 4 KiB ahead of every other request.
 const FREE_BYTES: usize = 4 * 1024;
 /// Connections that may write a backlog (more than [`FREE_BYTES`] per wake-up) at once; the
 /// others wait their turn, in order, outside the run queue. A 458 KB broadcast to 10,000 idle
@@ -519,6 +521,12 @@ impl Pump<'_> {
             let room = budget - turn;
             // First whatever the socket did not take last time.
             if !self.unwritten.is_empty() {
+                if !self.holds_slot() && self.unwritten.iter().map(Bytes::len).sum::<usize>() > room
+                {
+                    // A backlog: none of it before a bulk slot (see `BULK_SLOTS`).
+                    ready!(self.poll_slot(cx));
+                    continue;
+                }
                 if self.stream.poll_write_ready(cx)?.is_pending() {
                     self.release_slot();
                     return self.poll_stalled(cx);
@@ -602,12 +610,19 @@ impl Pump<'_> {
                     self.idle()
                 };
             }
-            let written = try_write(self.stream, &slices[..used], room)?;
+            let total: usize = slices[..used].iter().map(|s| s.len()).sum();
+            // More than this turn allows without a bulk slot (a large message, a replay): kept
+            // whole, to be written once a slot is held, so that a broadcast of a large frame
+            // to thousands of streams puts at most `BULK_SLOTS` of them to writing at a time.
+            let written = if !self.holds_slot() && total > room {
+                0
+            } else {
+                try_write(self.stream, &slices[..used], room)?
+            };
             if written > 0 {
                 self.progressed();
             }
             turn += written;
-            let total: usize = slices[..used].iter().map(|s| s.len()).sum();
             if written < total {
                 // Keep what the socket did not take (rare: a client reading slower than we
                 // write). Frames stay shared handles; only framing bytes are copied.
@@ -997,5 +1012,65 @@ mod tests {
             let n = server.try_read(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"GET /healthz HTTP/1.1\r\n\r\n");
         }
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_a_free_turn_waits_whole_for_a_bulk_slot() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let kill = CancellationToken::new();
+        // Every bulk slot is taken (by other backlogged connections, say).
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let shared = std::sync::Arc::new(Shared {
+            settings: super::super::Settings {
+                grace: std::time::Duration::from_secs(1),
+                write_timeout: std::time::Duration::from_secs(30),
+                max_open: None,
+                metrics: Default::default(),
+                tls: None,
+                cores: 1,
+            },
+            slots: slots.clone(),
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let large = Bytes::from(vec![b'x'; 8 * 1024]);
+        let body = Body::from_stream(futures_util::stream::iter([Ok::<_, io::Error>(large)]));
+        let (head, body, chunked) = encode_head(Response::new(body));
+        let writer = tokio::spawn(async move {
+            let socket = Socket::new(server.as_raw_fd());
+            let done = write_response(&server, head, body, chunked, socket, &kill, &shared);
+            done.await
+        });
+        // The head goes out at once; none of the large frame without a slot.
+        let mut got = Vec::new();
+        let read = async {
+            loop {
+                let mut buf = [0u8; 16 * 1024];
+                let n = client.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(300), read).await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            !text.contains('x'),
+            "wrote {} bytes of the large frame without a slot",
+            text.matches('x').count()
+        );
+        // A slot frees: all of it follows, then the end of the body.
+        slots.add_permits(1);
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut rest),
+        )
+        .await;
+        let x = rest.iter().filter(|&&b| b == b'x').count();
+        assert_eq!(x, 8 * 1024);
+        assert!(rest.ends_with(b"0\r\n\r\n"));
+        assert_eq!(writer.await.unwrap(), Written::Done(After::KeepAlive));
     }
 }
