@@ -1154,6 +1154,35 @@ mod tests {
         }
     }
 
+    /// A Hub, a recording transport and a waker that counts.
+    struct WriteThroughCase {
+        hub: Hub,
+        recorder: Arc<Recorder>,
+        wakes: Arc<Wakes>,
+        waker: std::task::Waker,
+    }
+
+    impl WriteThroughCase {
+        fn new(queue: usize) -> Self {
+            let wakes = Arc::new(Wakes::default());
+            Self {
+                hub: hub(queue, 10),
+                recorder: Arc::new(Recorder::default()),
+                waker: std::task::Waker::from(wakes.clone()),
+                wakes,
+            }
+        }
+
+        /// A parked subscription of `user` (see [`parked`]).
+        fn parked(&self, user: &str) -> Subscription {
+            parked(&self.hub, user, &self.recorder, &self.waker)
+        }
+
+        fn wakes(&self) -> usize {
+            self.wakes.0.load(Ordering::SeqCst)
+        }
+    }
+
     /// A subscription of `user` writing through `recorder`, polled until it parked.
     fn parked(
         hub: &Hub,
@@ -1191,12 +1220,10 @@ mod tests {
 
     #[test]
     fn a_parked_stream_is_written_by_its_publisher_and_its_task_sleeps() {
-        let hub = hub(8, 10);
-        let recorder = Arc::new(Recorder::default());
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
-        let mut sub = parked(&hub, "u", &recorder, &waker);
-        let before = wakes.0.load(Ordering::SeqCst);
+        let case = WriteThroughCase::new(8);
+        let (hub, recorder, waker) = (&case.hub, &case.recorder, &case.waker);
+        let mut sub = case.parked("u");
+        let before = case.wakes();
         for i in 0..3 {
             assert_eq!(
                 hub.publish(Channel::V2, "u", None, &format!("m{i}"))
@@ -1210,9 +1237,9 @@ mod tests {
             .collect();
         assert_eq!(written.len(), 3, "{written:?}");
         assert!(written[2].ends_with("data: m2\n\n"), "{written:?}");
-        assert_eq!(wakes.0.load(Ordering::SeqCst), before, "the task was woken");
+        assert_eq!(case.wakes(), before, "the task was woken");
         assert_eq!(
-            poll_once(&mut sub, &waker),
+            poll_once(&mut sub, waker),
             None,
             "a written frame was queued too"
         );
@@ -1220,17 +1247,17 @@ mod tests {
         // A message over the write-through budget goes to the task, which is woken for it.
         let big = "x".repeat(queue::WRITE_THROUGH_BYTES);
         hub.publish(Channel::V2, "u", None, &big);
-        assert_eq!(wakes.0.load(Ordering::SeqCst), before + 1);
-        assert!(poll_once(&mut sub, &waker).unwrap().contains(&big));
+        assert_eq!(case.wakes(), before + 1);
+        assert!(poll_once(&mut sub, waker).unwrap().contains(&big));
         assert_eq!(lock(&recorder.written).len(), 3);
 
         // Ending the stream (an expired token) goes through the queue, after what is there.
-        assert_eq!(poll_once(&mut sub, &waker), None);
-        assert_eq!(poll_once(&mut sub, &waker), None);
+        assert_eq!(poll_once(&mut sub, waker), None);
+        assert_eq!(poll_once(&mut sub, waker), None);
         hub.publish(Channel::V2, "u", None, "last");
         sub.end_with(Bytes::from_static(b"event: auth_expired\n\n"));
         let mut rest = Vec::new();
-        while let Some(text) = poll_once(&mut sub, &waker) {
+        while let Some(text) = poll_once(&mut sub, waker) {
             let end = text == "<end>";
             rest.push(text);
             if end {
@@ -1244,52 +1271,48 @@ mod tests {
 
     #[test]
     fn a_write_the_socket_does_not_finish_hands_the_stream_back_to_its_task() {
-        let hub = hub(8, 10);
-        let recorder = Arc::new(Recorder::default());
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
-        let mut sub = parked(&hub, "u", &recorder, &waker);
-        let before = wakes.0.load(Ordering::SeqCst);
+        let case = WriteThroughCase::new(8);
+        let (hub, recorder, waker) = (&case.hub, &case.recorder, &case.waker);
+        let mut sub = case.parked("u");
+        let before = case.wakes();
         recorder.refuse.store(true, Ordering::SeqCst);
         hub.publish(Channel::V2, "u", None, "kept by the transport");
-        assert_eq!(wakes.0.load(Ordering::SeqCst), before + 1, "not woken");
+        assert_eq!(case.wakes(), before + 1, "not woken");
         // Not parked again while the transport keeps a rest: the next message is queued.
-        assert_eq!(poll_once(&mut sub, &waker), None);
-        assert_eq!(poll_once(&mut sub, &waker), None);
+        assert_eq!(poll_once(&mut sub, waker), None);
+        assert_eq!(poll_once(&mut sub, waker), None);
         hub.publish(Channel::V2, "u", None, "queued");
         assert!(
-            poll_once(&mut sub, &waker)
+            poll_once(&mut sub, waker)
                 .unwrap()
                 .ends_with("data: queued\n\n")
         );
         // Once the task took the rest, it parks again.
         recorder.rest.store(false, Ordering::SeqCst);
         recorder.refuse.store(false, Ordering::SeqCst);
-        assert_eq!(poll_once(&mut sub, &waker), None);
-        assert_eq!(poll_once(&mut sub, &waker), None);
+        assert_eq!(poll_once(&mut sub, waker), None);
+        assert_eq!(poll_once(&mut sub, waker), None);
         hub.publish(Channel::V2, "u", None, "through again");
         assert!(lock(&recorder.written)[0].ends_with(b"data: through again\n\n"));
     }
 
     #[test]
     fn a_large_fan_out_writes_through_a_bounded_number_and_wakes_the_rest() {
-        let hub = hub(8, 10);
-        let recorder = Arc::new(Recorder::default());
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
+        let case = WriteThroughCase::new(8);
+        let (hub, recorder, waker) = (&case.hub, &case.recorder, &case.waker);
         let mut subs: Vec<_> = (0..WRITE_THROUGH_STREAMS + 10)
-            .map(|_| parked(&hub, "u", &recorder, &waker))
+            .map(|_| case.parked("u"))
             .collect();
         lock(&recorder.written).clear();
-        let before = wakes.0.load(Ordering::SeqCst);
+        let before = case.wakes();
         let p = hub.publish(Channel::V2, "u", None, "to all");
         assert_eq!(p.delivered, WRITE_THROUGH_STREAMS + 10);
         assert_eq!(lock(&recorder.written).len(), WRITE_THROUGH_STREAMS);
-        assert_eq!(wakes.0.load(Ordering::SeqCst) - before, 10);
+        assert_eq!(case.wakes() - before, 10);
         // Each stream got it exactly once: written through, or by its own task.
         let by_task = subs
             .iter_mut()
-            .filter_map(|sub| poll_once(sub, &waker))
+            .filter_map(|sub| poll_once(sub, waker))
             .filter(|text| text.ends_with("data: to all\n\n"))
             .count();
         assert_eq!(by_task, 10);
@@ -1297,11 +1320,9 @@ mod tests {
 
     #[test]
     fn publishers_on_many_threads_write_a_parked_stream_in_order() {
-        let hub = hub(64, 10);
-        let recorder = Arc::new(Recorder::default());
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
-        let _sub = parked(&hub, "u", &recorder, &waker);
+        let case = WriteThroughCase::new(64);
+        let (hub, recorder) = (&case.hub, &case.recorder);
+        let _sub = case.parked("u");
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let hub = hub.clone();

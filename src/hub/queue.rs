@@ -203,9 +203,15 @@ impl Conn {
     /// Hands a parked stream with queued frames to its task (a fan-out too large to write
     /// through).
     pub(super) fn wake(&self) {
+        self.hand_back(|st| st.parked && !st.items.is_empty());
+    }
+
+    /// Runs `change` under the lock; when it says so, hands the stream to its task (unparked,
+    /// and woken once the lock is released).
+    fn hand_back(&self, change: impl FnOnce(&mut ConnState) -> bool) {
         let waker = {
             let mut st = lock(&self.state);
-            if !st.parked || st.items.is_empty() {
+            if !change(&mut st) {
                 return;
             }
             st.unpark()
@@ -222,19 +228,15 @@ impl Conn {
 
     /// Queues `frame` as the stream's last (after what is queued) and ends it.
     pub(super) fn end_with(&self, frame: Bytes) {
-        let waker = {
-            let mut st = lock(&self.state);
+        self.hand_back(|st| {
             if st.closed {
-                return;
+                return false;
             }
             st.bytes += frame.len();
             st.items.push_back(frame);
             st.closed = true;
-            st.unpark()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+            true
+        });
     }
 
     /// Whether anything was queued since the last call (and resets that); `None` when closed.
@@ -248,14 +250,10 @@ impl Conn {
 
     /// Ends the stream once its queued frames are written.
     pub(super) fn close(&self) {
-        let waker = {
-            let mut st = lock(&self.state);
+        self.hand_back(|st| {
             st.closed = true;
-            st.unpark()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+            true
+        });
     }
 }
 

@@ -972,13 +972,9 @@ mod tests {
         assert_eq!(ChunkSize::new(0x1a2b).as_bytes(), b"1a2b\r\n");
     }
 
-    #[tokio::test]
-    async fn bytes_behind_a_sized_answer_stay_for_the_next_request() {
-        use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let kill = CancellationToken::new();
-        let shared = Shared {
+    /// What a listener's connections share, with these bulk slots.
+    fn shared_with(slots: std::sync::Arc<tokio::sync::Semaphore>) -> Shared {
+        Shared {
             settings: super::super::Settings {
                 grace: std::time::Duration::from_secs(1),
                 write_timeout: std::time::Duration::from_secs(30),
@@ -987,8 +983,17 @@ mod tests {
                 tls: None,
                 cores: 1,
             },
-            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_SLOTS)),
-        };
+            slots,
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_behind_a_sized_answer_stay_for_the_next_request() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let kill = CancellationToken::new();
+        let shared = shared_with(std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_SLOTS)));
         // select! polls its branches in random order: 20 rounds make a lucky pass of a reader
         // racing the write (which dropped the next request) vanishingly unlikely.
         for _ in 0..20 {
@@ -1022,17 +1027,7 @@ mod tests {
         let kill = CancellationToken::new();
         // Every bulk slot is taken (by other backlogged connections, say).
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-        let shared = std::sync::Arc::new(Shared {
-            settings: super::super::Settings {
-                grace: std::time::Duration::from_secs(1),
-                write_timeout: std::time::Duration::from_secs(30),
-                max_open: None,
-                metrics: Default::default(),
-                tls: None,
-                cores: 1,
-            },
-            slots: slots.clone(),
-        });
+        let shared = std::sync::Arc::new(shared_with(slots.clone()));
         let mut client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let large = Bytes::from(vec![b'x'; 8 * 1024]);
