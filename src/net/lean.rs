@@ -707,11 +707,8 @@ impl WriteThrough for Socket {
         };
         let size = ChunkSize::new(frames.iter().map(Bytes::len).sum());
         let mut slices = [IoSlice::new(&[]); MAX_BATCH + 2];
-        let pieces = std::iter::once(size.as_bytes())
-            .chain(frames.iter().map(|f| &f[..]))
-            .chain(std::iter::once(&b"\r\n"[..]));
         let mut used = 0;
-        for (slice, piece) in slices.iter_mut().zip(pieces) {
+        for (slice, piece) in slices.iter_mut().zip(pieces(&size, frames, true, false)) {
             *slice = IoSlice::new(piece);
             used += 1;
         }
@@ -765,9 +762,9 @@ fn send(fd: RawFd, slices: &[IoSlice<'_>]) -> usize {
 /// The bytes one write sends, in order: for a chunked body `"{len:x}\r\n"`, the frames and
 /// `"\r\n"` (when there are frames), then `"0\r\n\r\n"` when the body ended; for a sized
 /// body just the frames.
-fn pieces<'a>(
+fn pieces<'a, F: Piece>(
     size: &'a ChunkSize,
-    frames: &'a [Option<Bytes>],
+    frames: &'a [F],
     chunked: bool,
     ending: bool,
 ) -> impl Iterator<Item = &'a [u8]> {
@@ -776,9 +773,27 @@ fn pieces<'a>(
     let close = framed.then_some(&b"\r\n"[..]);
     let end = (chunked && ending).then_some(&b"0\r\n\r\n"[..]);
     open.into_iter()
-        .chain(frames.iter().flatten().map(|f| &f[..]))
+        .chain(frames.iter().filter_map(Piece::bytes))
         .chain(close)
         .chain(end)
+}
+
+/// A frame as [`pieces`] takes it: the pump's batch slots (`Option<Bytes>`, filled from the
+/// front) or a publisher's frames.
+trait Piece {
+    fn bytes(&self) -> Option<&[u8]>;
+}
+
+impl Piece for Bytes {
+    fn bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+}
+
+impl Piece for Option<Bytes> {
+    fn bytes(&self) -> Option<&[u8]> {
+        self.as_deref()
+    }
 }
 
 /// The chunk size line `"{len:x}\r\n"`, formatted on the stack.
@@ -930,7 +945,7 @@ mod tests {
         assert_eq!(bytes(true, false), b"5\r\nabcde\r\n");
         assert_eq!(bytes(true, true), b"5\r\nabcde\r\n0\r\n\r\n");
         assert_eq!(bytes(false, true), b"abcde");
-        assert_eq!(pieces(&size, &[], true, true).count(), 1);
+        assert_eq!(pieces::<Bytes>(&size, &[], true, true).count(), 1);
         let mut rest = vec![
             Bytes::from_static(b"5\r\n"),
             Bytes::from_static(b"ab"),
